@@ -1,0 +1,77 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/qbo/qbo/cmd/internal/buildinfo"
+	"github.com/qbo/qbo/mirror"
+)
+
+type versionInfo struct {
+	Version string `json:"version"`
+	Go      string `json:"go"`
+	Kernel  string `json:"kernel"`
+}
+
+type statusInfo struct {
+	Version  string              `json:"version"`
+	PID      int                 `json:"pid"`
+	Started  time.Time           `json:"started"`
+	Uptime   string              `json:"uptime"`
+	PinDir   string              `json:"pin_dir"`
+	StateDir string              `json:"state_dir"`
+	Trace    traceStatus         `json:"trace"`
+	Mirrors  []mirror.MirrorInfo `json:"mirrors"`
+}
+
+// getArgs names one object of a mirror; empty means all.
+type getArgs struct {
+	Name string `json:"name,omitempty"`
+}
+
+func (d *daemon) registerCommands() {
+	d.hub.Handle("version", func(context.Context, *mirror.Request) (any, error) {
+		var u unix.Utsname
+		unix.Uname(&u)
+		return versionInfo{Version: buildinfo.Version, Go: runtime.Version(), Kernel: unix.ByteSliceToString(u.Release[:])}, nil
+	})
+	d.hub.Handle("status", func(context.Context, *mirror.Request) (any, error) {
+		return statusInfo{
+			Version: buildinfo.Version, PID: os.Getpid(), Started: d.started,
+			Uptime: time.Since(d.started).Round(time.Second).String(), PinDir: d.cfg.PinDir,
+			StateDir: d.cfg.StateDir, Trace: d.traceStatus(), Mirrors: d.hub.Mirrors(),
+		}, nil
+	})
+	d.hub.Handle("get processes", getFrom(d.procM, "process"))
+	d.hub.Handle("get connections", getFrom(d.connM, "connection"))
+}
+
+// getFrom answers "get KIND [NAME]" from a state mirror: all objects, or the
+// one whose key is NAME.
+func getFrom(s *mirror.State, kind string) mirror.HandlerFunc {
+	return func(_ context.Context, req *mirror.Request) (any, error) {
+		var args getArgs
+		if err := req.Decode(&args); err != nil {
+			return nil, err
+		}
+		if args.Name != "" {
+			obj, ok := s.Get(args.Name)
+			if !ok {
+				return nil, mirror.Errorf(mirror.CodeNotFound, "%s %q not found", kind, args.Name)
+			}
+			return []json.RawMessage{obj}, nil
+		}
+		list := s.List()
+		out := make([]json.RawMessage, len(list))
+		for i, o := range list {
+			out[i] = o.Object
+		}
+		return out, nil
+	}
+}

@@ -1,0 +1,292 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/qbo/qbo/mirror"
+)
+
+// pinnedIDs returns the kernel IDs of every pinned map (files directly in
+// the pin dir) and link (files in links/), by path.
+func pinnedIDs(t *testing.T, pinDir string) map[string]int {
+	t.Helper()
+	ids := map[string]int{}
+	for _, sub := range []struct{ dir, kind string }{{pinDir, "map"}, {filepath.Join(pinDir, "links"), "link"}} {
+		ents, err := os.ReadDir(sub.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if e.IsDir() {
+				continue
+			}
+			path := filepath.Join(sub.dir, e.Name())
+			var info struct {
+				ID int `json:"id"`
+			}
+			out := run(t, "bpftool", "-j", sub.kind, "show", "pinned", path)
+			if err := json.Unmarshal([]byte(out), &info); err != nil || info.ID == 0 {
+				t.Fatalf("bpftool %s show pinned %s: %v %s", sub.kind, path, err, out)
+			}
+			ids[sub.kind+" "+e.Name()] = info.ID
+		}
+	}
+	return ids
+}
+
+func TestRestartReusesPinnedObjects(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+	before := pinnedIDs(t, d.pinDir)
+	if len(before) == 0 {
+		t.Fatal("qbod pinned nothing")
+	}
+
+	// A second qbod on the same state dir refuses to start.
+	out, err := exec.Command(filepath.Join(binDir, "qbod"), d.args()...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "another qbod is running") {
+		t.Errorf("second qbod: err %v, output %q; want a refusal naming the running one", err, out)
+	}
+
+	d.stop(syscall.SIGKILL) // no chance to clean anything up
+	d.start()
+	after := pinnedIDs(t, d.pinDir)
+	for name, id := range before {
+		if after[name] != id {
+			t.Errorf("%s: id %d before the restart, %d after", name, id, after[name])
+		}
+	}
+	// And once more after a graceful stop.
+	d.stop(syscall.SIGTERM)
+	d.start()
+	again := pinnedIDs(t, d.pinDir)
+	for name, id := range before {
+		if again[name] != id {
+			t.Errorf("%s: id %d before, %d after a SIGTERM restart", name, id, again[name])
+		}
+	}
+}
+
+func TestCLI(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+
+	out, _, code := d.qbo("version")
+	if code != 0 || !strings.Contains(out, "client: ") || !strings.Contains(out, "server: ") {
+		t.Errorf("qbo version: exit %d, %q", code, out)
+	}
+	out, _, code = d.qbo("status")
+	if code != 0 || !strings.Contains(out, "telemetry:") || !strings.Contains(out, "mirror processes:") {
+		t.Errorf("qbo status: exit %d, %q", code, out)
+	}
+
+	out, _, code = d.qbo("get", "mirrors", "-o", "json")
+	var mirrors []mirror.MirrorInfo
+	if code != 0 || json.Unmarshal([]byte(out), &mirrors) != nil {
+		t.Fatalf("get mirrors -o json: exit %d, %q", code, out)
+	}
+	names := map[string]string{}
+	for _, m := range mirrors {
+		names[m.Name] = m.Kind
+	}
+	for name, kind := range map[string]string{"processes": "state", "connections": "state", "events": "stream"} {
+		if names[name] != kind {
+			t.Errorf("get mirrors: %s is %q, want %q", name, names[name], kind)
+		}
+	}
+
+	out, _, code = d.qbo("get", "processes", "-o", "json")
+	var procs []processObj
+	if code != 0 || json.Unmarshal([]byte(out), &procs) != nil {
+		t.Fatalf("get processes -o json: exit %d", code)
+	}
+	found := false
+	for _, p := range procs {
+		found = found || p.PID == uint32(os.Getpid())
+	}
+	if !found {
+		t.Errorf("get processes does not list the test process %d", os.Getpid())
+	}
+	out, _, code = d.qbo("get", "processes", strconv.Itoa(os.Getpid()))
+	if code != 0 || !strings.Contains(out, "PID") || !strings.Contains(out, strconv.Itoa(os.Getpid())) {
+		t.Errorf("get processes PID: exit %d, %q", code, out)
+	}
+
+	for _, c := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"get", "processes", "4294967295"}, 5}, // not found
+		{[]string{"get"}, 2},                            // usage
+		{[]string{"frobnicate"}, 2},
+		{[]string{"get", "mirrors", "-o", "yaml"}, 2},
+		{[]string{"watch", "no-such-mirror"}, 5},
+		{[]string{"--server", d.listen, "--token", "wrong-token-wrong-token", "status"}, 4},
+	} {
+		if _, errOut, code := d.qbo(c.args...); code != c.code {
+			t.Errorf("qbo %s: exit %d, want %d (stderr %q)", strings.Join(c.args, " "), code, c.code, errOut)
+		}
+	}
+
+	// Over TCP with the token qbod generated.
+	tok, err := os.ReadFile(filepath.Join(d.stateDir, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := os.Stat(filepath.Join(d.stateDir, "token")); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("token file mode: %v %v", info.Mode(), err)
+	}
+	out, errOut, code := d.qbo("--server", d.listen, "--token", strings.TrimSpace(string(tok)), "status", "-o", "json")
+	if code != 0 || !strings.Contains(out, `"pin_dir"`) {
+		t.Errorf("status over TCP: exit %d, %q %q", code, out, errOut)
+	}
+	if info, err := os.Stat(d.socket); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("unix socket mode: %v %v, want 0600", info.Mode(), err)
+	}
+}
+
+func TestHTTPEndpoints(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+	get := func(path string) string {
+		resp, err := http.Get("http://" + d.listen + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s", path, resp.Status)
+		}
+		return string(body)
+	}
+	if got := get("/healthz"); strings.TrimSpace(got) != "ok" {
+		t.Errorf("/healthz: %q", got)
+	}
+	metrics := get("/metrics")
+	for _, name := range []string{"qbo_build_info", "qbo_trace_received_total", "qbo_trace_queue_dropped_total",
+		"qbo_trace_ring_lost_total", "qbo_mirror_objects{mirror=\"processes\"}", "qbo_mirror_clients"} {
+		if !strings.Contains(metrics, name) {
+			t.Errorf("/metrics lacks %s", name)
+		}
+	}
+	if page := get("/"); !strings.Contains(page, "<html") {
+		t.Errorf("web page: %.200q", page)
+	}
+	// The websocket on TCP needs a token.
+	resp, err := http.Get("http://" + d.listen + "/ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/ws without token: %s, want 401", resp.Status)
+	}
+
+	// The AsyncAPI document qbod serves passes a real AsyncAPI parser.
+	validator := os.Getenv("QBO_ASYNCAPI_VALIDATOR")
+	if validator == "" {
+		t.Fatal("QBO_ASYNCAPI_VALIDATOR is not set (make test sets it from scripts/asyncapi.sh install)")
+	}
+	spec := filepath.Join(t.TempDir(), "asyncapi.yaml")
+	os.WriteFile(spec, []byte(get("/asyncapi.yaml")), 0o644)
+	run(t, "node", validator, spec)
+}
+
+// TestMalformedInput sends garbage on one connection while a second client
+// keeps working.
+func TestMalformedInput(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	good := d.client(ctx)
+
+	dialRaw := func() *websocket.Conn {
+		c, _, err := websocket.Dial(ctx, "ws://unix/ws", &websocket.DialOptions{HTTPClient: d.httpClient()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.CloseNow() })
+		return c
+	}
+	readMsg := func(c *websocket.Conn) mirror.Message {
+		t.Helper()
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			t.Fatalf("reading reply: %v", err)
+		}
+		var m mirror.Message
+		if err := json.Unmarshal(data, &m); err != nil {
+			t.Fatalf("reply is not JSON: %q", data)
+		}
+		return m
+	}
+	bad := dialRaw()
+	for _, c := range []struct {
+		name string
+		typ  websocket.MessageType
+		data string
+		id   string
+		code string
+	}{
+		{"not JSON", websocket.MessageText, "hello qbod", "", mirror.CodeBadRequest},
+		{"JSON array", websocket.MessageText, "[1,2,3]", "", mirror.CodeBadRequest},
+		{"binary garbage", websocket.MessageBinary, "\x00\xff\xfe\x01", "", mirror.CodeBadRequest},
+		{"unknown command", websocket.MessageText, `{"type":"command","id":"7","command":"frobnicate"}`, "7", mirror.CodeUnknownCommand},
+		{"bad args", websocket.MessageText, `{"type":"command","id":"8","command":"watch","args":{"mirror":42}}`, "8", mirror.CodeBadRequest},
+		{"unknown mirror", websocket.MessageText, `{"type":"command","id":"9","command":"watch","args":{"mirror":"nope"}}`, "9", mirror.CodeNotFound},
+	} {
+		if err := bad.Write(ctx, c.typ, []byte(c.data)); err != nil {
+			t.Fatalf("%s: write: %v", c.name, err)
+		}
+		m := readMsg(bad)
+		if m.Error == nil || m.Error.Code != c.code || m.ID != c.id {
+			t.Errorf("%s: got %+v, want error code %s for id %q", c.name, m, c.code, c.id)
+		}
+	}
+	// A message over the read limit closes that connection only.
+	huge := dialRaw()
+	huge.Write(ctx, websocket.MessageText, []byte(`{"type":"command","id":"1","command":"status","args":{"x":"`+strings.Repeat("A", 4<<20)+`"}}`))
+	_, _, err := huge.Read(ctx)
+	if status := websocket.CloseStatus(err); status != websocket.StatusMessageTooBig {
+		t.Errorf("huge message: read error %v (status %d), want close 1009", err, status)
+	}
+	var st map[string]any
+	if err := good.Do(ctx, "status", nil, &st); err != nil {
+		t.Fatalf("status on the good connection after garbage elsewhere: %v", err)
+	}
+	if err := bad.Write(ctx, websocket.MessageText, []byte(`{"type":"command","id":"10","command":"version"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if m := readMsg(bad); m.ID != "10" || m.OK == nil || !*m.OK {
+		t.Errorf("version on the connection that sent garbage: %+v", m)
+	}
+	// A raw TCP peer that sends junk instead of an HTTP upgrade does no harm either.
+	c, err := net.Dial("unix", d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("\x16\x03\x01garbage\r\n\r\n"))
+	c.Close()
+	if err := good.Do(ctx, "version", nil, nil); err != nil && !errors.Is(err, context.Canceled) {
+		t.Errorf("version after junk connection: %v", err)
+	}
+}
