@@ -407,10 +407,33 @@ func TestResumeOutsideWindowSendsFreshSnapshot(t *testing.T) {
 	}
 }
 
-func TestCoalescingKeepsLatestValuePerKey(t *testing.T) {
+// TestClientWithinBudgetSeesEveryDelta: coalescing is for clients that fall
+// behind; one that keeps up sees each change, not just the net effect.
+func TestClientWithinBudgetSeesEveryDelta(t *testing.T) {
 	h := NewHub()
 	s := h.NewState("p", "")
 	ob := newTestOutbox(h, 100)
+	subscribeT(t, s.m, ob, "")
+	drain(t, ob)
+	s.Upsert("a", 1, "fork")
+	s.Upsert("a", 2, "exec")
+	s.Delete("a", "exit")
+	var got []string
+	for _, m := range drain(t, ob) {
+		got = append(got, fmt.Sprintf("%d %s %s", m.Seq, m.Op, m.Cause))
+	}
+	want := []string{"1 upsert fork", "2 upsert exec", "3 delete exit"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("queued %q, want %q", got, want)
+	}
+}
+
+// TestCoalescingKeepsLatestValuePerKey: at the budget, queued deltas that a
+// newer one for the same key supersedes are dropped; loss notices never are.
+func TestCoalescingKeepsLatestValuePerKey(t *testing.T) {
+	h := NewHub()
+	s := h.NewState("p", "")
+	ob := newTestOutbox(h, 4)
 	subscribeT(t, s.m, ob, "")
 	drain(t, ob)
 

@@ -135,41 +135,54 @@ func (ob *outbox) push(e *entry) bool {
 	return !closed
 }
 
-// pushDelta queues d for sub. For a state mirror a queued delta with the
-// same key is replaced: it is removed and d appended, so the queue stays in
-// sequence order and the client still converges on the latest value. If the
-// queue would go over budget the client has lagged: it is sent a lagged
-// message with the seq of the last delta queued for sub as resume point,
-// the connection is closed after it, and pushDelta reports false so that
-// the mirror drops sub. It also reports false if the connection is closing.
+// pushDelta queues d for sub. A client that keeps up sees every delta, so
+// a watcher of a state mirror sees each exec, fork and exit, not only their
+// net effect. When the queue reaches the budget, a state mirror's queued
+// deltas are coalesced first: every delta superseded by a newer one for the
+// same key is dropped (the queue stays in sequence order and the client
+// still converges on the latest value). If the queue is still full the
+// client has lagged: it is sent a lagged message with the seq of the last
+// delta queued for sub as resume point, the connection is closed after it,
+// and pushDelta reports false so that the mirror drops sub. It also reports
+// false if the connection is closing.
 func (ob *outbox) pushDelta(sub *subscriber, d *delta) bool {
 	ob.mu.Lock()
 	defer ob.mu.Unlock()
 	if ob.closed {
 		return false
 	}
-	if sub.coalesce && d.key != "" {
-		if old := sub.pending[d.key]; old != nil {
-			ob.unlinkLocked(old)
-		} else if ob.deltas >= ob.budget {
-			ob.lagLocked(sub)
-			return false
-		}
+	keyed := sub.coalesce && d.key != ""
+	if ob.deltas >= ob.budget && sub.coalesce {
+		ob.coalesceLocked(sub, d.key)
+	}
+	if ob.deltas >= ob.budget {
+		ob.lagLocked(sub)
+		return false
+	}
+	e := &entry{kind: entryDelta, d: d, sub: sub}
+	ob.linkLocked(e)
+	if keyed {
 		if sub.pending == nil {
 			sub.pending = make(map[string]*entry)
 		}
-		e := &entry{kind: entryDelta, d: d, sub: sub}
 		sub.pending[d.key] = e
-		ob.linkLocked(e)
-	} else {
-		if ob.deltas >= ob.budget {
-			ob.lagLocked(sub)
-			return false
-		}
-		ob.linkLocked(&entry{kind: entryDelta, d: d, sub: sub})
 	}
 	sub.last = d.seq
 	return true
+}
+
+// coalesceLocked drops sub's queued deltas that a newer one for the same
+// key supersedes; a queued delta for next (about to be queued) counts as
+// superseded too. Loss deltas have no key and are never dropped.
+func (ob *outbox) coalesceLocked(sub *subscriber, next string) {
+	for e := ob.head; e != nil; {
+		following := e.next
+		if e.kind == entryDelta && e.sub == sub && e.d.key != "" &&
+			(sub.pending[e.d.key] != e || (next != "" && e.d.key == next)) {
+			ob.unlinkLocked(e)
+		}
+		e = following
+	}
 }
 
 func (ob *outbox) lagLocked(sub *subscriber) {

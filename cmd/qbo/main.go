@@ -86,7 +86,8 @@ func newRoot() *cobra.Command {
 	pf.StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 
-	get := &cobra.Command{Use: "get", Short: "list objects", Args: noArgs}
+	get := &cobra.Command{Use: "get", Short: "list objects", Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return noArgs(cmd, nil) }}
 	get.AddCommand(
 		getCommand(g, "mirrors", "mirrors and their sequence numbers", printMirrors),
 		getCommand(g, "processes", "processes of the node (PID to show one)", printProcesses),
@@ -97,8 +98,11 @@ func newRoot() *cobra.Command {
 }
 
 func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 && cmd.HasSubCommands() {
+		return usageError{fmt.Errorf("unknown command %q for %q; see %s --help", args[0], cmd.CommandPath(), cmd.CommandPath())}
+	}
 	if len(args) > 0 {
-		return usageError{fmt.Errorf("%q takes no argument %q; see %s --help", cmd.CommandPath(), args[0], cmd.CommandPath())}
+		return usageError{fmt.Errorf("%s takes no argument %q; see %s --help", cmd.CommandPath(), args[0], cmd.CommandPath())}
 	}
 	if cmd.HasSubCommands() {
 		return usageError{fmt.Errorf("%s needs a subcommand; see %s --help", cmd.CommandPath(), cmd.CommandPath())}

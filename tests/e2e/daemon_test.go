@@ -290,3 +290,36 @@ func TestMalformedInput(t *testing.T) {
 		t.Errorf("version after junk connection: %v", err)
 	}
 }
+
+// TestBpftoolInspection: an operator can find qbo's objects by name and
+// read its tables with field names.
+func TestBpftoolInspection(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+	progs := run(t, "bpftool", "prog", "show")
+	for _, name := range []string{"sched_process_exec", "sched_process_fork", "sched_process_exit",
+		"inet_sock_set_state", "kfree_skb"} {
+		if !strings.Contains(progs, "name "+name) {
+			t.Errorf("bpftool prog show lacks %s", name)
+		}
+	}
+	links, err := os.ReadDir(filepath.Join(d.pinDir, "links"))
+	if err != nil || len(links) < 5 {
+		t.Fatalf("pinned links: %v %v", links, err)
+	}
+	for _, l := range links {
+		out := run(t, "bpftool", "link", "show", "pinned", filepath.Join(d.pinDir, "links", l.Name()))
+		if !strings.Contains(out, "prog ") {
+			t.Errorf("link %s: %q", l.Name(), out)
+		}
+	}
+	dump := run(t, "bpftool", "map", "dump", "pinned", filepath.Join(d.pinDir, "trace_stats"))
+	for _, field := range []string{`"emitted"`, `"lost"`} {
+		if !strings.Contains(dump, field) {
+			t.Errorf("trace_stats dump lacks the BTF field name %s:\n%.400s", field, dump)
+		}
+	}
+	if out := run(t, "bpftool", "map", "show", "pinned", filepath.Join(d.pinDir, "events")); !strings.Contains(out, "ringbuf") || !strings.Contains(out, "name events") {
+		t.Errorf("events map: %q", out)
+	}
+}

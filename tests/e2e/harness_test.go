@@ -269,7 +269,12 @@ func (w *watcher) waitFor(what string, within time.Duration, match func(mirror.M
 				return m
 			}
 		case <-deadline:
-			w.t.Fatalf("no %s within %v (%d messages seen)", what, within, len(w.seen))
+			var last []string
+			for _, m := range w.seen[max(0, len(w.seen)-20):] {
+				b, _ := json.Marshal(m)
+				last = append(last, string(b))
+			}
+			w.t.Fatalf("no %s within %v (%d messages seen; the last ones:\n%s)", what, within, len(w.seen), strings.Join(last, "\n"))
 		}
 	}
 }
