@@ -94,8 +94,37 @@ func newRoot() *cobra.Command {
 		getCommand(g, "connections", "TCP connections of the node", printConnections),
 	)
 	root.AddCommand(versionCommand(g), statusCommand(g), get, watchCommand(g))
+	// Verbs with a noun (add service, delete rule, ...) group under their verb.
+	verbs := map[string]*cobra.Command{"get": get}
+	for _, ext := range extensions {
+		for _, c := range ext(g) {
+			if c.verb == "" {
+				root.AddCommand(c.cmd)
+				continue
+			}
+			parent := verbs[c.verb]
+			if parent == nil {
+				parent = &cobra.Command{Use: c.verb, Short: c.verb + " objects", Args: noArgs,
+					RunE: func(cmd *cobra.Command, _ []string) error { return noArgs(cmd, nil) }}
+				verbs[c.verb] = parent
+				root.AddCommand(parent)
+			}
+			parent.AddCommand(c.cmd)
+		}
+	}
 	return root
 }
+
+// subcommand is a command contributed by a subsystem's file: cmd goes under
+// verb ("get", "add", "delete", ...) or at the top when verb is empty.
+type subcommand struct {
+	verb string
+	cmd  *cobra.Command
+}
+
+// extensions are registered from init by the files of each subsystem
+// (services, rules, instances, ...), so those files stay independent.
+var extensions []func(*globals) []subcommand
 
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 && cmd.HasSubCommands() {

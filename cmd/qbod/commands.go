@@ -27,6 +27,7 @@ type statusInfo struct {
 	PinDir   string              `json:"pin_dir"`
 	StateDir string              `json:"state_dir"`
 	Trace    traceStatus         `json:"trace"`
+	Systems  map[string]any      `json:"systems,omitempty"`
 	Mirrors  []mirror.MirrorInfo `json:"mirrors"`
 }
 
@@ -46,6 +47,7 @@ func (d *daemon) registerCommands() {
 			Version: buildinfo.Version, PID: os.Getpid(), Started: d.started,
 			Uptime: time.Since(d.started).Round(time.Second).String(), PinDir: d.cfg.PinDir,
 			StateDir: d.cfg.StateDir, Trace: d.traceStatus(), Mirrors: d.hub.Mirrors(),
+			Systems: d.systemsStatus(),
 		}, nil
 	})
 	d.hub.Handle("get processes", getFrom(d.procM, "process"))
@@ -74,4 +76,18 @@ func getFrom(s *mirror.State, kind string) mirror.HandlerFunc {
 		}
 		return out, nil
 	}
+}
+
+// systemsStatus gathers each subsystem's status, or why it is not running.
+func (d *daemon) systemsStatus() map[string]any {
+	out := map[string]any{}
+	for _, s := range subsystems {
+		switch {
+		case d.subsysErr[s.name] != "":
+			out[s.name] = map[string]string{"error": d.subsysErr[s.name]}
+		case s.status != nil:
+			out[s.name] = s.status()
+		}
+	}
+	return out
 }

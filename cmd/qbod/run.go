@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/qbo/qbo/bpf/trace"
@@ -37,6 +38,8 @@ type daemon struct {
 	tracer   *trace.Tracer // nil when telemetry is disabled or failed to load
 	reader   *trace.Reader
 	traceErr error
+
+	subsysErr map[string]string // subsystem name -> why it failed to start
 }
 
 func run(ctx context.Context, cfg *config, log *slog.Logger) error {
@@ -79,9 +82,19 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		}
 	}
 	defer d.closeTelemetry()
+	d.subsysErr = map[string]string{}
+	for _, s := range subsystems {
+		if err := s.start(ctx, d, &wg); err != nil {
+			d.subsysErr[s.name] = err.Error()
+			log.Error("subsystem unavailable", "subsystem", s.name, "err", err)
+		}
+		if s.stop != nil {
+			defer s.stop()
+		}
+	}
 
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newCollector(d), prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	reg.MustRegister(newCollector(d), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var servers []*http.Server
 	var wsServers []*mirror.Server
