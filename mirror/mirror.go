@@ -101,17 +101,7 @@ func (m *mirror) marshal(obj any) (json.RawMessage, bool) {
 func (m *mirror) publishLocked(op, key string, obj json.RawMessage, cause string) {
 	m.seq++
 	d := &delta{seq: m.seq, op: op, key: key}
-	d.data = marshalWire(deltaWire{
-		Type:   TypeDelta,
-		Mirror: m.name,
-		Epoch:  m.epoch,
-		Seq:    d.seq,
-		Op:     op,
-		Key:    key,
-		Cause:  cause,
-		Time:   time.Now().UTC().Format(time.RFC3339Nano),
-		Object: obj,
-	})
+	d.data = appendDelta(make([]byte, 0, 128+len(obj)), m.name, m.epoch, d.seq, op, key, cause, time.Now(), obj)
 	m.window.push(d)
 	for sub := range m.subs {
 		if !sub.ob.pushDelta(sub, d) {
