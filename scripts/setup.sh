@@ -25,6 +25,7 @@ declare -A need=(
 	[gcc]=/usr/bin/gcc
 	[make]=/usr/bin/make
 	[git]=/usr/bin/git
+	[chromium]=/usr/bin/chromium  # e2e: the web page in a real browser
 	[ca-certificates]=/etc/ssl/certs/ca-certificates.crt
 )
 missing=()

@@ -323,3 +323,31 @@ func TestBpftoolInspection(t *testing.T) {
 		t.Errorf("events map: %q", out)
 	}
 }
+
+// TestWebPageShowsMirrorLive loads the web page in headless Chromium over
+// TCP with the token, opens the processes mirror, and reads the rendered
+// table: the page speaks the same websocket protocol as every client.
+func TestWebPageShowsMirrorLive(t *testing.T) {
+	d := newDaemon(t)
+	d.start()
+	tok, err := os.ReadFile(filepath.Join(d.stateDir, "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + d.listen + "/?token=" + strings.TrimSpace(string(tok)) + "#processes"
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+		"--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--user-data-dir="+t.TempDir(), "--virtual-time-budget=5000", "--dump-dom", url).Output()
+	if err != nil {
+		t.Fatalf("chromium: %v", err)
+	}
+	dom := string(out)
+	if !strings.Contains(dom, "rows, seq ") {
+		t.Fatalf("the page did not render a mirror table:\n%.2000s", dom)
+	}
+	if me := "<td>" + strconv.Itoa(os.Getpid()) + "</td>"; !strings.Contains(dom, me) {
+		t.Errorf("the processes table in the page lacks this test's pid %d", os.Getpid())
+	}
+}
