@@ -102,6 +102,7 @@ func Decode(raw []byte) (Event, error) {
 			OldState: tcpStateName(e.Oldstate),
 			NewState: tcpStateName(e.Newstate),
 			Cookie:   e.Skaddr,
+			NetNS:    e.Netns,
 		}, nil
 	case traceQboEventKindQBO_EV_DROP:
 		var e traceDropEvent

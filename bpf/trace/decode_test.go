@@ -61,7 +61,7 @@ func tcpRecord() traceTcpEvent {
 	return traceTcpEvent{
 		Hdr: hdr(traceQboEventKindQBO_EV_TCP_STATE, tcpSize), Task: task, Skaddr: 0xffff8880deadbeef,
 		Saddr: v4("10.0.0.1"), Daddr: v4("10.0.0.2"), Sport: 40000, Dport: 443,
-		Family: 4, Oldstate: 2, Newstate: 1,
+		Family: 4, Oldstate: 2, Newstate: 1, Netns: 4026531840,
 	}
 }
 
@@ -93,12 +93,12 @@ func TestDecode(t *testing.T) {
 		{"exit", traceExitEvent{Hdr: hdr(traceQboEventKindQBO_EV_EXIT, exitSize), Task: task, ExitCode: 3 << 8, GroupDead: 1},
 			Exit{Header: wantHeader(), Code: 768, GroupDead: true}},
 		{"tcp4", tcpRecord(), TCPState{
-			Header: wantHeader(), Family: 4, Cookie: 0xffff8880deadbeef,
+			Header: wantHeader(), Family: 4, Cookie: 0xffff8880deadbeef, NetNS: 4026531840,
 			Src: netip.MustParseAddrPort("10.0.0.1:40000"), Dst: netip.MustParseAddrPort("10.0.0.2:443"),
 			OldState: TCPSynSent, NewState: TCPEstablished,
 		}},
 		{"tcp6", tcp6, TCPState{
-			Header: wantHeader(), Family: 6, Cookie: 0xffff8880deadbeef,
+			Header: wantHeader(), Family: 6, Cookie: 0xffff8880deadbeef, NetNS: 4026531840,
 			Src: netip.MustParseAddrPort("[fd00::1]:40000"), Dst: netip.MustParseAddrPort("[fd00::2]:443"),
 			OldState: TCPListen, NewState: TCPSynRecv,
 		}},

@@ -74,6 +74,9 @@ type TCPState struct {
 	Src, Dst           netip.AddrPort
 	OldState, NewState TCPStateName
 	Cookie             uint64
+	// NetNS is the inode number of the socket's network namespace, as in
+	// /proc/PID/ns/net.
+	NetNS uint32
 }
 
 // Drop is a packet freed with kfree_skb, i.e. dropped. The header is

@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"net"
 	"net/netip"
 	"os"
@@ -387,6 +388,13 @@ func TestTCPStateEvents(t *testing.T) {
 	clientClose := waitFor(t, c, "client CLOSE", func(e TCPState) bool { return isClient(e) && e.NewState == TCPClose })
 	if clientClose.Cookie != est.Cookie || clientClose.PID != me {
 		t.Errorf("client close = %+v, want cookie %#x pid %d", clientClose, est.Cookie, me)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	if uint64(clientClose.NetNS) != st.Ino {
+		t.Errorf("client close netns %d, want this process's %d", clientClose.NetNS, st.Ino)
 	}
 	waitFor(t, c, "server CLOSE", func(e TCPState) bool { return isServer(e) && e.NewState == TCPClose })
 	ln.Close()

@@ -66,6 +66,8 @@ struct tcp_event {
 	__u8 oldstate;
 	__u8 newstate;
 	__u8 _pad;
+	__u32 netns;          /* inode number of the socket's network namespace */
+	__u32 _pad2;
 };
 
 struct drop_event {
@@ -323,6 +325,8 @@ int BPF_PROG(inet_sock_set_state, struct sock *sk, int oldstate, int newstate)
 	e->oldstate = oldstate;
 	e->newstate = newstate;
 	e->_pad = 0;
+	e->netns = lk.netns;
+	e->_pad2 = 0;
 
 	bpf_ringbuf_submit(e, 0);
 	return 0;

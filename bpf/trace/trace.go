@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/qbo/qbo/bpf"
 )
@@ -113,7 +111,7 @@ func (t *Tracer) attach(linksDir string) (err error) {
 			return
 		}
 		for _, r := range pending {
-			_ = unlink(r.tmp)
+			_ = bpf.Unlink(r.tmp)
 			r.new.Close()
 			if r.old != nil {
 				r.old.Close()
@@ -123,12 +121,12 @@ func (t *Tracer) attach(linksDir string) (err error) {
 
 	for _, p := range t.programs() {
 		path := filepath.Join(linksDir, "trace_"+p.name)
-		old, err := loadPinnedLink(path)
+		old, err := bpf.LoadPinnedLink(path)
 		if err != nil {
 			return err
 		}
 		if old != nil {
-			same, err := sameProgram(old, p.prog)
+			same, err := bpf.SameProgram(old, p.prog)
 			if err != nil {
 				old.Close()
 				return fmt.Errorf("inspecting pinned link %s: %w", path, err)
@@ -152,7 +150,7 @@ func (t *Tracer) attach(linksDir string) (err error) {
 		}
 		pending = append(pending, r)
 		// A leftover from an interrupted Load would make the pin fail.
-		if err := unlink(r.tmp); err != nil {
+		if err := bpf.Unlink(r.tmp); err != nil {
 			return fmt.Errorf("removing stale pin: %w", err)
 		}
 		if err := r.new.Pin(r.tmp); err != nil {
@@ -174,61 +172,6 @@ func (t *Tracer) attach(linksDir string) (err error) {
 	}
 	pending = nil
 	return nil
-}
-
-// unlink removes a pin if it exists. (bpffs refuses names with a dot, hence
-// the "_next" suffix for pins in flight.)
-func unlink(path string) error {
-	if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
-		return &os.PathError{Op: "unlink", Path: path, Err: err}
-	}
-	return nil
-}
-
-// loadPinnedLink returns the link pinned at path, or nil if there is none.
-func loadPinnedLink(path string) (link.Link, error) {
-	l, err := link.LoadPinnedLink(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("opening pinned link: %w", err)
-	}
-	return l, nil
-}
-
-// sameProgram reports whether l runs a program identical to prog: the same
-// tag (a hash of the instructions, map references excluded) and the same
-// maps, so that a kept link writes where this Tracer reads.
-func sameProgram(l link.Link, prog *ebpf.Program) (bool, error) {
-	li, err := l.Info()
-	if err != nil {
-		return false, err
-	}
-	old, err := ebpf.NewProgramFromID(li.Program)
-	if err != nil {
-		return false, err
-	}
-	defer old.Close()
-	oi, err := old.Info()
-	if err != nil {
-		return false, err
-	}
-	ni, err := prog.Info()
-	if err != nil {
-		return false, err
-	}
-	if oi.Tag != ni.Tag {
-		return false, nil
-	}
-	om, ok1 := oi.MapIDs()
-	nm, ok2 := ni.MapIDs()
-	if !ok1 || !ok2 {
-		return false, nil
-	}
-	slices.Sort(om)
-	slices.Sort(nm)
-	return slices.Equal(om, nm), nil
 }
 
 // Close releases the Tracer's file descriptors. Pinned maps and links stay,

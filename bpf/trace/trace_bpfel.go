@@ -90,6 +90,7 @@ const (
 	traceQboEventKindQBO_EV_EXIT      traceQboEventKind = 3
 	traceQboEventKindQBO_EV_TCP_STATE traceQboEventKind = 4
 	traceQboEventKindQBO_EV_DROP      traceQboEventKind = 5
+	traceQboEventKindQBO_EV_FW_DENY   traceQboEventKind = 32
 	traceQboEventKindQBO_EV_KIND_MAX  traceQboEventKind = 64
 )
 
@@ -135,6 +136,8 @@ type traceTcpEvent struct {
 	Oldstate uint8
 	Newstate uint8
 	Pad      uint8
+	Netns    uint32
+	Pad2     uint32
 }
 
 // Names of all BPF objects in the ELF.

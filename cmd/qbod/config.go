@@ -35,7 +35,16 @@ type config struct {
 		SendBudget int      `yaml:"send_budget"`
 		Origins    []string `yaml:"origins"`
 	} `yaml:"mirror"`
-	Tokens []tokenConfig `yaml:"tokens"`
+	Tokens  []tokenConfig `yaml:"tokens"`
+	Runtime struct {
+		Docker       string        `yaml:"docker"`
+		Network      string        `yaml:"network"`
+		Bridge       string        `yaml:"bridge"`
+		Subnet       string        `yaml:"subnet"`
+		ReadyTimeout time.Duration `yaml:"ready_timeout"`
+		Resync       time.Duration `yaml:"resync"`
+	} `yaml:"runtime"`
+	LB lbConfig `yaml:"lb"`
 }
 
 type tokenConfig struct {

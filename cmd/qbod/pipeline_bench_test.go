@@ -39,7 +39,7 @@ func newPipeline(b *testing.B) *pipeline {
 	b.Cleanup(func() { tracer.Close(); os.RemoveAll(pinDir) })
 	hub := mirror.NewHub()
 	p := &pipeline{tracer: tracer,
-		tel: newTelemetry(hub.NewState("processes", ""), hub.NewState("connections", ""), hub.NewStream("events", "", 256))}
+		tel: newTelemetry(0, hub.NewState("processes", ""), hub.NewState("connections", ""), hub.NewStream("events", "", 256))}
 	// The load: UDP datagrams to a closed loopback port, one drop each.
 	probe, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {

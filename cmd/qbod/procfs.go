@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // procfs reads the full process and TCP socket listings that seed the
@@ -133,8 +135,8 @@ var tcpStates = map[uint64]string{
 // connections lists the TCP sockets of qbod's network namespace. TIME_WAIT
 // and request sockets are left out: the event stream drops a connection when
 // its full socket closes, and the listing must agree with it.
-func (p *procfs) connections() (map[string]*connection, error) {
-	out := make(map[string]*connection)
+func (p *procfs) connections() ([]*connection, error) {
+	var out []*connection
 	for _, name := range []string{"net/tcp", "net/tcp6"} {
 		f, err := os.Open(filepath.Join(p.root, name))
 		if errors.Is(err, os.ErrNotExist) {
@@ -143,7 +145,7 @@ func (p *procfs) connections() (map[string]*connection, error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", name, err)
 		}
-		err = parseProcNetTCP(f, out)
+		err = parseProcNetTCP(f, &out)
 		f.Close()
 		if err != nil {
 			return nil, fmt.Errorf("parsing %s: %w", name, err)
@@ -152,7 +154,7 @@ func (p *procfs) connections() (map[string]*connection, error) {
 	return out, nil
 }
 
-func parseProcNetTCP(r *os.File, out map[string]*connection) error {
+func parseProcNetTCP(r *os.File, out *[]*connection) error {
 	sc := bufio.NewScanner(r)
 	sc.Scan() // header
 	for sc.Scan() {
@@ -170,8 +172,8 @@ func parseProcNetTCP(r *os.File, out map[string]*connection) error {
 		if state == "" || state == "TIME_WAIT" || state == "NEW_SYN_RECV" || state == "CLOSE" {
 			continue
 		}
-		out[connKey(src, dst)] = &connection{Family: familyName(src.Addr()), Src: unmap(src).String(),
-			Dst: unmap(dst).String(), State: state}
+		*out = append(*out, &connection{Family: familyName(src.Addr()), Src: unmap(src).String(),
+			Dst: unmap(dst).String(), State: state})
 	}
 	return sc.Err()
 }
@@ -196,4 +198,14 @@ func parseHexAddrPort(s string) (netip.AddrPort, error) {
 	}
 	addr, _ := netip.AddrFromSlice(raw)
 	return netip.AddrPortFrom(addr, uint16(port)), nil
+}
+
+// netnsInode is the inode number of qbod's network namespace, the number the
+// kernel events carry.
+func netnsInode(root string) (uint32, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(root, "self/ns/net"), &st); err != nil {
+		return 0, fmt.Errorf("reading network namespace: %w", err)
+	}
+	return uint32(st.Ino), nil
 }

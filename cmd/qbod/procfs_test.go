@@ -40,9 +40,13 @@ func TestProcNetTCP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conns, err := fs.connections()
+	list, err := fs.connections()
 	if err != nil {
 		t.Fatal(err)
+	}
+	conns := map[string]*connection{}
+	for _, c := range list {
+		conns["tcp "+c.Src+"->"+c.Dst] = c
 	}
 	want := map[string]string{
 		"tcp 127.0.0.1:8080->0.0.0.0:0":       "LISTEN",

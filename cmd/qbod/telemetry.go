@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/qbo/qbo/bpf/trace"
@@ -28,6 +29,7 @@ type connection struct {
 	State  string `json:"state"`
 	PID    uint32 `json:"pid"`
 	Comm   string `json:"comm"`
+	NetNS  uint32 `json:"netns"`
 }
 
 // dropEvent is one object of the events mirror.
@@ -61,6 +63,7 @@ type streamSink interface {
 // connection table and the event stream. It is driven by one goroutine and
 // owns its tables, so it needs no locks.
 type telemetry struct {
+	hostNS uint32 // qbod's network namespace: the one /proc/net/tcp lists
 	procs  map[uint32]*process
 	conns  map[string]*connection
 	procM  stateSink
@@ -68,8 +71,9 @@ type telemetry struct {
 	events streamSink
 }
 
-func newTelemetry(procM, connM stateSink, events streamSink) *telemetry {
+func newTelemetry(hostNS uint32, procM, connM stateSink, events streamSink) *telemetry {
 	return &telemetry{
+		hostNS: hostNS,
 		procs:  make(map[uint32]*process),
 		conns:  make(map[string]*connection),
 		procM:  procM,
@@ -80,10 +84,15 @@ func newTelemetry(procM, connM stateSink, events streamSink) *telemetry {
 
 func procKey(pid uint32) string { return fmt.Sprint(pid) }
 
-// connKey names a connection by its 4-tuple; IPv4-mapped IPv6 addresses are
-// unmapped so that a dual-stack socket and /proc agree on one key.
-func connKey(src, dst netip.AddrPort) string {
-	return "tcp " + unmap(src).String() + "->" + unmap(dst).String()
+// connKey names a connection by its 4-tuple, plus its network namespace
+// when that is not qbod's own (containers reuse addresses). IPv4-mapped IPv6
+// addresses are unmapped so that a dual-stack socket and /proc agree.
+func (t *telemetry) connKey(src, dst netip.AddrPort, netns uint32) string {
+	key := "tcp " + unmap(src).String() + "->" + unmap(dst).String()
+	if netns != 0 && netns != t.hostNS {
+		key += " netns " + strconv.FormatUint(uint64(netns), 10)
+	}
+	return key
 }
 
 func unmap(ap netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) }
@@ -131,7 +140,7 @@ func (t *telemetry) handle(ev trace.Event) {
 			t.procM.Upsert(procKey(e.PID), p, "thread_exit")
 		}
 	case trace.TCPState:
-		key := connKey(e.Src, e.Dst)
+		key := t.connKey(e.Src, e.Dst, e.NetNS)
 		if e.NewState == "CLOSE" {
 			if _, ok := t.conns[key]; ok {
 				delete(t.conns, key)
@@ -147,7 +156,8 @@ func (t *telemetry) handle(ev trace.Event) {
 			return
 		}
 		if c == nil {
-			c = &connection{Family: familyName(e.Src.Addr()), Src: unmap(e.Src).String(), Dst: unmap(e.Dst).String()}
+			c = &connection{Family: familyName(e.Src.Addr()), Src: unmap(e.Src).String(), Dst: unmap(e.Dst).String(),
+				NetNS: e.NetNS}
 			t.conns[key] = c
 		}
 		c.State = string(e.NewState)
@@ -177,11 +187,24 @@ func (t *telemetry) resyncProcesses(list map[uint32]*process) map[string]any {
 	return out
 }
 
-// resyncConnections does the same for TCP connections.
-func (t *telemetry) resyncConnections(list map[string]*connection) map[string]any {
-	t.conns = list
-	out := make(map[string]any, len(list))
-	for k, c := range list {
+// resyncConnections does the same for the TCP connections of qbod's own
+// namespace, the only ones /proc/net/tcp lists; connections in other
+// namespaces (containers, instances) are kept as the events left them.
+func (t *telemetry) resyncConnections(list []*connection) map[string]any {
+	conns := make(map[string]*connection, len(list))
+	for k, c := range t.conns {
+		if c.NetNS != 0 && c.NetNS != t.hostNS {
+			conns[k] = c
+		}
+	}
+	for _, c := range list {
+		c.NetNS = t.hostNS
+		src, dst := netip.MustParseAddrPort(c.Src), netip.MustParseAddrPort(c.Dst)
+		conns[t.connKey(src, dst, c.NetNS)] = c
+	}
+	t.conns = conns
+	out := make(map[string]any, len(conns))
+	for k, c := range conns {
 		out[k] = c
 	}
 	return out

@@ -51,7 +51,11 @@ func (d *daemon) closeTelemetry() {
 // reader already runs, so events that happen while /proc is being read
 // queue up and are applied after the listing.
 func (d *daemon) feedMirrors(ctx context.Context, fs *procfs) {
-	tel := newTelemetry(d.procM, d.connM, d.events)
+	hostNS, err := netnsInode("/proc")
+	if err != nil {
+		d.log.Warn("connections of other namespaces cannot be told apart", "err", err)
+	}
+	tel := newTelemetry(hostNS, d.procM, d.connM, d.events)
 	d.resync(tel, fs, "scan")
 	lossTick := time.NewTicker(time.Second)
 	defer lossTick.Stop()
