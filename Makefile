@@ -81,6 +81,7 @@ test-e2e: build $(GOTESTSUM)
 	QBO_BIN=$(CURDIR)/$(BIN) $(GOTESTSUM) --format testname -- -count=1 -p 1 -timeout 20m -tags e2e ./tests/...
 
 run: setup build
+	bash scripts/engines.sh start
 	exec $(BIN)/qbod
 
 bench:

@@ -163,6 +163,19 @@ func (h *Hub) Mirrors() []MirrorInfo {
 	return infos
 }
 
+// Commands lists every command the hub answers, built-in ones included,
+// sorted.
+func (h *Hub) Commands() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := []string{CommandGetMirrors, CommandWatch, CommandUnwatch}
+	for c := range h.handlers {
+		out = append(out, c)
+	}
+	sort.Strings(out)
+	return out
+}
+
 // Handle registers fn as the handler of command. It panics if command is
 // empty, built in, or already registered, which are programming errors.
 func (h *Hub) Handle(command string, fn HandlerFunc) {

@@ -22,6 +22,7 @@ declare -A need=(
 	[runc]=/usr/sbin/runc
 	[iptables]=/usr/sbin/iptables
 	[curl]=/usr/bin/curl
+	[nmap]=/usr/bin/nmap
 	[gcc]=/usr/bin/gcc
 	[make]=/usr/bin/make
 	[git]=/usr/bin/git

@@ -28,6 +28,9 @@ enum __attribute__((packed)) qbo_event_kind {
 	QBO_EV_TCP_STATE = 4,
 	QBO_EV_DROP = 5,
 
+	/* bpf/fw: a packet denied by a rule marked log (struct fw_deny_event). */
+	QBO_EV_FW_DENY = 32,
+
 	/* Size of per-kind counter arrays; keep above every kind in use. */
 	QBO_EV_KIND_MAX = 64,
 };

@@ -39,6 +39,10 @@ const (
 	dropSize = int(unsafe.Sizeof(traceDropEvent{}))
 )
 
+// ForeignKindMin is the first record kind that belongs to another qbo
+// object (16..31 the load balancer, 32..47 the firewall; events.h).
+const ForeignKindMin = 16
+
 // Decode decodes one ring buffer record. It does not retain raw. A record
 // longer than its kind's struct is accepted (fields appended by a newer
 // kernel side are ignored); a shorter one, an unknown kind or version, is
@@ -48,6 +52,11 @@ func Decode(raw []byte) (Event, error) {
 		return nil, fmt.Errorf("%w: %d bytes, header needs %d", ErrTruncated, len(raw), hdrSize)
 	}
 	kind := traceQboEventKind(raw[0])
+	if uint8(kind) >= ForeignKindMin {
+		// Another object's record in the shared ring: its owner decodes
+		// it (and checks its version). raw is the reader's buffer.
+		return Foreign{KindID: uint8(kind), Raw: bytes.Clone(raw)}, nil
+	}
 	if v := traceQboEventVersion(raw[1]); v != traceQboEventVersionQBO_EVENT_V1 {
 		return nil, fmt.Errorf("%w: kind %d version %d", ErrUnknownVersion, kind, v)
 	}

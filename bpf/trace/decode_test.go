@@ -130,12 +130,33 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// TestDecodeForeign: records of the load balancer's and the firewall's kinds
+// pass through whole, copied, for their owners to decode.
+func TestDecodeForeign(t *testing.T) {
+	raw := []byte{32, 7, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16}
+	for len(raw) < hdrSize {
+		raw = append(raw, 0)
+	}
+	ev, err := Decode(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, ok := ev.(Foreign)
+	if !ok || f.KindID != 32 || !bytes.Equal(f.Raw, raw) || f.Kind() != KindForeign {
+		t.Fatalf("Decode = %#v", ev)
+	}
+	raw[4] = 99
+	if f.Raw[4] == 99 {
+		t.Error("Foreign.Raw aliases the reader's buffer")
+	}
+}
+
 func TestDecodeErrors(t *testing.T) {
 	exec := record(t, execRecord())
 	badVersion := bytes.Clone(exec)
 	badVersion[1] = 2
-	lbKind := bytes.Clone(exec)
-	lbKind[0] = 16
+	unknownKind := bytes.Clone(exec)
+	unknownKind[0] = 15
 	badFamily := tcpRecord()
 	badFamily.Family = 5
 	badDropFamily := dropRecord()
@@ -150,7 +171,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"short header", exec[:hdrSize-1], ErrTruncated},
 		{"header only", exec[:hdrSize], ErrTruncated},
 		{"short exec", exec[:execSize-1], ErrTruncated},
-		{"unknown kind", lbKind, ErrUnknownKind},
+		{"unknown kind", unknownKind, ErrUnknownKind},
 		{"kind none", make([]byte, 64), ErrUnknownVersion},
 		{"unknown version", badVersion, ErrUnknownVersion},
 		{"tcp family", record(t, badFamily), ErrMalformed},
@@ -297,7 +318,7 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("Decode error %v wraps no sentinel", err)
 		}
 		switch ev.(type) {
-		case Exec, Fork, Exit, TCPState, Drop:
+		case Exec, Fork, Exit, TCPState, Drop, Foreign:
 		default:
 			t.Fatalf("Decode returned %T", ev)
 		}

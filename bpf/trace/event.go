@@ -13,6 +13,8 @@ const (
 	KindExit     = "exit"
 	KindTCPState = "tcp_state"
 	KindDrop     = "drop"
+	// KindForeign is a record of another object (Foreign).
+	KindForeign = "foreign"
 )
 
 // Event is one decoded telemetry record: an Exec, Fork, Exit, TCPState or
@@ -100,6 +102,16 @@ type Drop struct {
 	L4Proto    uint8
 	Src, Dst   netip.AddrPort
 }
+
+// Foreign is a record another qbo object (the load balancer, the firewall)
+// wrote into the shared ring buffer, passed through undecoded for its owner:
+// KindID is its kind byte (>= ForeignKindMin), Raw the whole record.
+type Foreign struct {
+	KindID uint8
+	Raw    []byte
+}
+
+func (Foreign) Kind() string { return KindForeign }
 
 func (Exec) Kind() string     { return KindExec }
 func (Fork) Kind() string     { return KindFork }

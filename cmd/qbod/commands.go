@@ -28,6 +28,7 @@ type statusInfo struct {
 	StateDir string              `json:"state_dir"`
 	Trace    traceStatus         `json:"trace"`
 	Systems  map[string]any      `json:"systems,omitempty"`
+	Commands []string            `json:"commands"`
 	Mirrors  []mirror.MirrorInfo `json:"mirrors"`
 }
 
@@ -47,7 +48,7 @@ func (d *daemon) registerCommands() {
 			Version: buildinfo.Version, PID: os.Getpid(), Started: d.started,
 			Uptime: time.Since(d.started).Round(time.Second).String(), PinDir: d.cfg.PinDir,
 			StateDir: d.cfg.StateDir, Trace: d.traceStatus(), Mirrors: d.hub.Mirrors(),
-			Systems: d.systemsStatus(),
+			Systems: d.systemsStatus(), Commands: d.hub.Commands(),
 		}, nil
 	})
 	d.hub.Handle("get processes", getFrom(d.procM, "process"))

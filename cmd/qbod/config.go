@@ -38,6 +38,7 @@ type config struct {
 	Tokens  []tokenConfig `yaml:"tokens"`
 	Runtime struct {
 		Docker       string        `yaml:"docker"`
+		Containerd   string        `yaml:"containerd"`
 		Network      string        `yaml:"network"`
 		Bridge       string        `yaml:"bridge"`
 		Subnet       string        `yaml:"subnet"`

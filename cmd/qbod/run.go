@@ -75,7 +75,7 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 	defer wg.Wait()
 
 	if cfg.Trace.Enabled {
-		if err := d.startTelemetry(ctx, &wg); err != nil {
+		if err := d.loadTelemetry(); err != nil {
 			// qbod keeps serving without telemetry; status reports why.
 			d.traceErr = err
 			log.Error("kernel telemetry unavailable", "err", err)
@@ -90,6 +90,12 @@ func run(ctx context.Context, cfg *config, log *slog.Logger) error {
 		}
 		if s.stop != nil {
 			defer s.stop()
+		}
+	}
+	if d.tracer != nil {
+		if err := d.runTelemetry(ctx, &wg); err != nil {
+			d.traceErr = err
+			log.Error("kernel telemetry unavailable", "err", err)
 		}
 	}
 

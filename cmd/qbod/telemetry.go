@@ -19,6 +19,15 @@ type process struct {
 	Threads   int        `json:"threads"`
 	StartTime *time.Time `json:"start_time"`
 	CgroupID  uint64     `json:"cgroup_id,omitempty"`
+	placement
+}
+
+// placement says which container, instance and nested container a process
+// (or a connection, through its owner) belongs to; empty on the host.
+type placement struct {
+	Container string `json:"container,omitempty"`
+	Instance  string `json:"instance,omitempty"`
+	Nested    string `json:"nested,omitempty"`
 }
 
 // connection is the object of the connections mirror.
@@ -30,6 +39,7 @@ type connection struct {
 	PID    uint32 `json:"pid"`
 	Comm   string `json:"comm"`
 	NetNS  uint32 `json:"netns"`
+	placement
 }
 
 // dropEvent is one object of the events mirror.
@@ -64,6 +74,10 @@ type streamSink interface {
 // owns its tables, so it needs no locks.
 type telemetry struct {
 	hostNS uint32 // qbod's network namespace: the one /proc/net/tcp lists
+	// place finds a process's container (from its cgroup); nil places
+	// everything on the host. Asked on exec and full listings only: a fork
+	// inherits its parent's place, and reading /proc costs ~25 µs.
+	place  func(pid uint32) placement
 	procs  map[uint32]*process
 	conns  map[string]*connection
 	procM  stateSink
@@ -107,6 +121,8 @@ func (t *telemetry) handle(ev trace.Event) {
 		}
 		// execve from any thread leaves a single-threaded process.
 		p.PPID, p.Comm, p.Exe, p.UID, p.Threads, p.CgroupID = e.PPID, e.Comm, e.Filename, e.UID, 1, e.CgroupID
+		// A container's first process enters its cgroup before it execs.
+		p.placement = t.placeOf(e.PID)
 		t.procM.Upsert(procKey(e.PID), p, "exec")
 	case trace.Fork:
 		if e.Thread {
@@ -121,7 +137,7 @@ func (t *telemetry) handle(ev trace.Event) {
 		child := &process{PID: e.ChildPID, PPID: e.PID, Comm: e.Comm, UID: e.UID, Threads: 1,
 			StartTime: timePtr(e.Time), CgroupID: e.CgroupID}
 		if parent := t.procs[e.PID]; parent != nil {
-			child.Exe = parent.Exe
+			child.Exe, child.placement = parent.Exe, parent.placement
 		}
 		t.procs[e.ChildPID] = child
 		t.procM.Upsert(procKey(e.ChildPID), child, "fork")
@@ -163,6 +179,9 @@ func (t *telemetry) handle(ev trace.Event) {
 		c.State = string(e.NewState)
 		if e.PID != 0 {
 			c.PID, c.Comm = e.PID, e.Comm
+			if p := t.procs[e.PID]; p != nil {
+				c.placement = p.placement
+			}
 		}
 		t.connM.Upsert(key, c, "tcp_state")
 	case trace.Drop:
@@ -182,9 +201,17 @@ func (t *telemetry) resyncProcesses(list map[uint32]*process) map[string]any {
 	t.procs = list
 	out := make(map[string]any, len(list))
 	for pid, p := range list {
+		p.placement = t.placeOf(pid)
 		out[procKey(pid)] = p
 	}
 	return out
+}
+
+func (t *telemetry) placeOf(pid uint32) placement {
+	if t.place == nil {
+		return placement{}
+	}
+	return t.place(pid)
 }
 
 // resyncConnections does the same for the TCP connections of qbod's own

@@ -10,13 +10,11 @@ import (
 	"github.com/qbo/qbo/mirror"
 )
 
-// startTelemetry loads (or re-attaches to) the pinned trace object and runs
-// the reader and the loop that feeds the mirrors.
-func (d *daemon) startTelemetry(ctx context.Context, wg *sync.WaitGroup) error {
-	fs, err := newProcfs("/proc")
-	if err != nil {
-		return err
-	}
+// loadTelemetry loads (or re-attaches to) the pinned trace object and
+// creates its reader; runTelemetry starts them. The two are apart so that
+// the other subsystems can share the trace object's ring buffer and are
+// running before the telemetry asks them anything (placePID).
+func (d *daemon) loadTelemetry() error {
 	tracer, err := trace.Load(trace.Options{PinDir: d.cfg.PinDir})
 	if err != nil {
 		return err
@@ -27,10 +25,18 @@ func (d *daemon) startTelemetry(ctx context.Context, wg *sync.WaitGroup) error {
 		return err
 	}
 	d.tracer, d.reader = tracer, reader
+	return nil
+}
+
+func (d *daemon) runTelemetry(ctx context.Context, wg *sync.WaitGroup) error {
+	fs, err := newProcfs("/proc")
+	if err != nil {
+		return err
+	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		if err := reader.Run(ctx); err != nil {
+		if err := d.reader.Run(ctx); err != nil {
 			d.log.Error("trace reader stopped", "err", err)
 		}
 	}()
@@ -56,6 +62,7 @@ func (d *daemon) feedMirrors(ctx context.Context, fs *procfs) {
 		d.log.Warn("connections of other namespaces cannot be told apart", "err", err)
 	}
 	tel := newTelemetry(hostNS, d.procM, d.connM, d.events)
+	tel.place = placePID
 	d.resync(tel, fs, "scan")
 	lossTick := time.NewTicker(time.Second)
 	defer lossTick.Stop()
@@ -73,6 +80,10 @@ func (d *daemon) feedMirrors(ctx context.Context, fs *procfs) {
 		case ev, ok := <-d.reader.Events():
 			if !ok {
 				return
+			}
+			if f, foreign := ev.(trace.Foreign); foreign {
+				d.dispatchRecord(f.Raw)
+				continue
 			}
 			tel.handle(ev)
 		case <-lossTick.C:

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"gopkg.in/yaml.v3"
 
 	"github.com/qbo/qbo/mirror"
 )
@@ -349,5 +350,53 @@ func TestWebPageShowsMirrorLive(t *testing.T) {
 	}
 	if me := "<td>" + strconv.Itoa(os.Getpid()) + "</td>"; !strings.Contains(dom, me) {
 		t.Errorf("the processes table in the page lacks this test's pid %d", os.Getpid())
+	}
+}
+
+// TestAsyncAPICoversEveryCommandAndMirror: every command qbod answers is an
+// operation of the document it serves (by title), and every mirror has its
+// snapshot and delta messages, so the contract cannot fall behind the code.
+func TestAsyncAPICoversEveryCommandAndMirror(t *testing.T) {
+	d := runtimeDaemon(t) // every subsystem running
+	d.start()
+	var st struct {
+		Commands []string            `json:"commands"`
+		Mirrors  []mirror.MirrorInfo `json:"mirrors"`
+	}
+	out, _, code := d.qbo("status", "-o", "json")
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Commands) == 0 {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	resp, err := http.Get("http://" + d.listen + "/asyncapi.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var doc struct {
+		Operations map[string]struct {
+			Title string `yaml:"title"`
+		} `yaml:"operations"`
+		Components struct {
+			Messages map[string]any `yaml:"messages"`
+		} `yaml:"components"`
+	}
+	if err := yaml.NewDecoder(resp.Body).Decode(&doc); err != nil {
+		t.Fatal(err)
+	}
+	titles := map[string]bool{}
+	for _, op := range doc.Operations {
+		titles[op.Title] = true
+	}
+	for _, c := range st.Commands {
+		if !titles[c] {
+			t.Errorf("command %q has no operation titled %q in asyncapi.yaml", c, c)
+		}
+	}
+	for _, m := range st.Mirrors {
+		for _, suffix := range []string{"Snapshot", "Delta"} {
+			if _, ok := doc.Components.Messages[m.Name+suffix]; !ok {
+				t.Errorf("mirror %q has no message %s%s in asyncapi.yaml", m.Name, m.Name, suffix)
+			}
+		}
 	}
 }

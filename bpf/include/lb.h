@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lb.h: the load balancer's map layouts, shared by bpf/lb (XDP + TC) and
+ * bpf/sock (cgroup socket LB), and read by lb/datapath through bpf2go.
+ * Addresses and ports are network order; IPv4 lives in addr[0].
+ *
+ * Change a struct => rename its map (lb_svc -> lb_svc2 ...), so that a new
+ * qbod never reuses a pinned map of the old layout.
+ */
+#ifndef QBO_LB_H
+#define QBO_LB_H
+
+#define LB_MAX_SERVICES 131072
+#define LB_MAX_BACKENDS 262144
+#define LB_FLOWS 262144
+#define LB_FRAGS 16384
+
+struct lb_svc_key {
+	__be32 addr[4];
+	__be16 port;
+	__u8 proto;
+	__u8 family; /* 4 or 6 */
+};
+
+enum lb_svc_flags {
+	LB_SVC_DSR = 1 << 0,
+};
+
+struct lb_svc_val {
+	__u32 id;         /* key of its Maglev table in lb_maglev */
+	__u32 count;      /* backends in the table; 0 => drop new flows */
+	__u32 table_size; /* Maglev table size, a prime */
+	__u32 flags;      /* enum lb_svc_flags */
+};
+
+enum lb_backend_flags {
+	LB_BE_DSR = 1 << 0,
+	LB_BE_DRAINING = 1 << 1,
+};
+
+struct lb_backend {
+	__be32 addr[4];
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+	__u32 service; /* the service ID it belongs to */
+	__u32 flags;   /* enum lb_backend_flags */
+};
+
+/* A flow as the client sent it (client -> VIP). */
+struct lb_flow_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+struct lb_flow {
+	__u32 backend;
+	__u32 service;
+};
+
+/* The reply of a NATed flow (backend -> client) maps back to the VIP. */
+struct lb_rnat_val {
+	__be32 vip[4];
+	__be16 vport;
+	__u16 pad;
+};
+
+/* A fragmented datagram, so that later fragments (no ports) follow the
+ * first. */
+struct lb_frag_key {
+	__be32 saddr[4];
+	__be32 daddr[4];
+	__be32 id;
+	__u8 proto;
+	__u8 family;
+	__u16 pad;
+};
+
+/* Counters: one per defined verdict of every path (see lb.c's table). */
+enum lb_stat {
+	LB_ST_PASS_NOT_IP = 0,
+	LB_ST_DROP_TRUNCATED,
+	LB_ST_DROP_BAD_VERSION,
+	LB_ST_DROP_BAD_IHL,
+	LB_ST_PASS_EXT_LIMIT,
+	LB_ST_PASS_NO_SERVICE,
+	LB_ST_NEW_FLOW,
+	LB_ST_EST_FLOW,
+	LB_ST_DROP_NO_BACKEND,
+	LB_ST_IPOPTS,
+	LB_ST_EXTHDRS,
+	LB_ST_FRAG_FIRST,
+	LB_ST_FRAG_LATER,
+	LB_ST_PASS_FRAG_MISS,
+	LB_ST_ICMP_ERR,
+	LB_ST_PASS_ICMP_ERR_MISS,
+	LB_ST_NAT,
+	LB_ST_DSR,
+	LB_ST_DROP_DSR_FIB,
+	LB_ST_DROP_DSR_VLAN,
+	LB_ST_DROP_DSR_HEADROOM,
+	LB_ST_DROP_PREFILTER,
+	LB_ST_REVNAT,
+	LB_ST_DROP_FLOW_FULL,
+	LB_ST_MAX,
+};
+
+struct lb_stat_val {
+	__u64 packets;
+};
+
+#endif /* QBO_LB_H */

@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * lb_maps.h: the load balancer maps that bpf/lb and bpf/sock share. Both
+ * objects declare them identically and pin them by name, so whichever loads
+ * first creates them and the other reuses them: one set of services,
+ * backends and Maglev tables for XDP and for the socket hooks.
+ * Include after qbo_uapi.h, <bpf/bpf_helpers.h> and lb.h.
+ */
+#ifndef QBO_LB_MAPS_H
+#define QBO_LB_MAPS_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, struct lb_svc_key);
+	__type(value, struct lb_svc_val);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_svc SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LB_MAX_BACKENDS);
+	__type(key, __u32);
+	__type(value, struct lb_backend);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_backends SEC(".maps");
+
+/* Per-service Maglev tables: service ID -> array of backend IDs. The inner
+ * arrays differ in size (BPF_F_INNER_MAP), so each service pays only for
+ * its own table; lb/datapath swaps a whole inner map to change a table
+ * atomically. */
+struct lb_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 251);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+struct {
+	__uint(type, QBO_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, LB_MAX_SERVICES);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct lb_maglev_inner);
+} lb_maglev SEC(".maps");
+
+/* Flows: per-CPU LRU lists (BPF_F_NO_COMMON_LRU), so that churn on one
+ * CPU evicts that CPU's oldest flows instead of contending for a global
+ * list. */
+#endif /* QBO_LB_MAPS_H */

@@ -1,0 +1,622 @@
+//go:build ignore
+
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * qbo L4 load balancer: XDP on the uplink (lb_xdp) for traffic from outside
+ * the node, TC egress on the uplink (lb_revnat) for replies of NATed flows.
+ *
+ * Verdicts (each has an lb_stat counter; no path returns XDP_ABORTED):
+ *
+ *   not IP (ARP, ...)                      PASS   PASS_NOT_IP
+ *   truncated at any header                DROP   DROP_TRUNCATED
+ *   IP version != ethertype                DROP   DROP_BAD_VERSION
+ *   IPv4 IHL < 5 or tot_len < IHL*4        DROP   DROP_BAD_IHL
+ *   IPv4 options (IHL > 5)                 balanced as usual, IPOPTS
+ *   IPv6 0-6 extension headers             balanced as usual, EXTHDRS
+ *   IPv6 > 6 extension headers             PASS   PASS_EXT_LIMIT
+ *   not to a service                       PASS   PASS_NO_SERVICE
+ *   service without backends               DROP   DROP_NO_BACKEND
+ *   first fragment (MF, offset 0)          balanced; records its backend FRAG_FIRST
+ *   later fragment of a recorded datagram  follows the first  FRAG_LATER
+ *   later fragment, first not seen         PASS   PASS_FRAG_MISS
+ *   ICMP error quoting a balanced flow     to that flow's backend  ICMP_ERR
+ *   ICMP error quoting anything else       PASS   PASS_ICMP_ERR_MISS
+ *   DSR without a route/neighbour          DROP   DROP_DSR_FIB
+ *   DSR of a VLAN-tagged frame             DROP   DROP_DSR_VLAN
+ *   prefilter says drop                    DROP   DROP_PREFILTER
+ *
+ * NAT (local backends): destination rewritten to the backend, checksums
+ * fixed incrementally, then XDP_PASS so that the node's stack routes it to
+ * the backend; lb_revnat rewrites the reply's source back to the VIP.
+ * DSR (remote backends): IPIP (or IPv6-in-IPv6) to the backend, XDP_TX or
+ * redirect towards its next hop; the backend answers the client directly.
+ */
+#include "qbo_vmlinux.h"
+#include "qbo_uapi.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "parse.h"
+#include "lb.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#include "lb_maps.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_FLOWS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_FLOWS);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_rnat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_rnat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_FRAGS);
+	__type(key, struct lb_frag_key);
+	__type(value, struct lb_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_frags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LB_ST_MAX);
+	__type(key, __u32);
+	__type(value, struct lb_stat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_stats SEC(".maps");
+
+static __always_inline void count(__u32 st)
+{
+	struct lb_stat_val *v = bpf_map_lookup_elem(&lb_stats, &st);
+	if (v)
+		v->packets++;
+}
+
+#if __has_include("prefilter.h")
+#include "prefilter.h"
+#define LB_HAVE_PREFILTER 1
+#endif
+
+/* lb_prefilter is the hook where the firewall's XDP deny-list runs before
+ * balancing: it returns non-zero to drop. */
+static __always_inline int lb_prefilter(struct xdp_md *ctx)
+{
+#ifdef LB_HAVE_PREFILTER
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	return qbo_prefilter(data, data_end) == XDP_DROP;
+#else
+	return 0;
+#endif
+}
+
+/* ---- hashing (the Go reference is lb.FlowTuple.Hash) ---- */
+
+static __always_inline __u32 rol32(__u32 x, int r) { return (x << r) | (x >> (32 - r)); }
+
+static __always_inline __u32 lb_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = rol32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = rol32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 lb_hash(const struct lb_flow_key *k)
+{
+	__u32 h = 0x9e3779b9;
+	int i;
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = lb_mix(h, k->saddr[i]);
+#pragma unroll
+	for (i = 0; i < 4; i++)
+		h = lb_mix(h, k->daddr[i]);
+	h = lb_mix(h, (__u32)k->sport | ((__u32)k->dport << 16));
+	h = lb_mix(h, k->proto);
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+/* ---- checksums (RFC 1624 incremental update; byte-order agnostic as
+ * long as old, new and the checksum are loaded the same way) ---- */
+
+static __always_inline __u16 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+static __always_inline void csum_replace4(__u16 *sum, __u32 from, __u32 to)
+{
+	__u32 s = (__u16)~*sum;
+	s += (~from & 0xffff) + (~from >> 16);
+	s += (to & 0xffff) + (to >> 16);
+	*sum = ~csum_fold(s);
+}
+
+static __always_inline void csum_replace2(__u16 *sum, __u16 from, __u16 to)
+{
+	__u32 s = (__u16)~*sum;
+	s += (__u16)~from;
+	s += to;
+	*sum = ~csum_fold(s);
+}
+
+/* ---- packet rewriting ---- */
+
+/* lb_l4_csum returns the L4 checksum field of a TCP/UDP header, or NULL. A
+ * later fragment has none; a UDP checksum of zero means "none" (IPv4). */
+static __always_inline __u16 *lb_l4_csum(void *data, void *data_end, struct qbo_pkt *pkt)
+{
+	if (pkt->flags & QBO_PKT_FRAG_LATER)
+		return 0;
+	__u32 off = pkt->l4_off;
+	if (pkt->proto == IPPROTO_TCP) {
+		__u8 *tcp = qbo_ptr(data, data_end, off, 20);
+		return tcp ? (__u16 *)(tcp + 16) : 0;
+	}
+	if (pkt->proto == IPPROTO_UDP) {
+		__u8 *udp = qbo_ptr(data, data_end, off, 8);
+		if (!udp)
+			return 0;
+		__u16 *c = (__u16 *)(udp + 6);
+		if (*c == 0 && pkt->family == 4)
+			return 0;
+		return c;
+	}
+	return 0;
+}
+
+static __always_inline void lb_fix_udp0(struct qbo_pkt *pkt, __u16 *c)
+{
+	if (pkt->proto == IPPROTO_UDP && *c == 0)
+		*c = 0xffff;
+}
+
+/* lb_dnat rewrites the destination address (and port, when the packet has
+ * ports) to the backend's. */
+static __always_inline int lb_dnat(void *data, void *data_end, struct qbo_pkt *pkt,
+				   const struct lb_backend *be)
+{
+	__u16 *l4c = lb_l4_csum(data, data_end, pkt);
+	if (pkt->family == 4) {
+		struct qbo_iphdr *ip = qbo_ptr(data, data_end, pkt->l3_off, sizeof(*ip));
+		if (!ip)
+			return -1;
+		__u32 old;
+		__builtin_memcpy(&old, ip->daddr, 4);
+		csum_replace4(&ip->check, old, be->addr[0]);
+		if (l4c) {
+			csum_replace4(l4c, old, be->addr[0]);
+			lb_fix_udp0(pkt, l4c);
+		}
+		__builtin_memcpy(ip->daddr, &be->addr[0], 4);
+	} else {
+		struct qbo_ipv6hdr *ip6 = qbo_ptr(data, data_end, pkt->l3_off, sizeof(*ip6));
+		if (!ip6)
+			return -1;
+		int i;
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			__u32 old;
+			__builtin_memcpy(&old, ip6->daddr + 4 * i, 4);
+			if (l4c)
+				csum_replace4(l4c, old, be->addr[i]);
+		}
+		if (l4c)
+			lb_fix_udp0(pkt, l4c);
+		__builtin_memcpy(ip6->daddr, be->addr, 16);
+	}
+	if (pkt->flags & QBO_PKT_PORTS) {
+		struct qbo_l4ports *p = qbo_ptr(data, data_end, pkt->l4_off, sizeof(*p));
+		if (!p)
+			return -1;
+		if (l4c) {
+			csum_replace2(l4c, p->dest, be->port);
+			lb_fix_udp0(pkt, l4c);
+		}
+		p->dest = be->port;
+	}
+	return 0;
+}
+
+/* lb_dsr encapsulates the IP packet in IPIP / IPv6-in-IPv6 to the backend
+ * and sends it towards the next hop. */
+static __always_inline int lb_dsr(struct xdp_md *ctx, struct qbo_pkt *pkt,
+				  const struct lb_backend *be)
+{
+	if (pkt->l3_off != QBO_ETH_HLEN) {
+		count(LB_ST_DROP_DSR_VLAN);
+		return XDP_DROP;
+	}
+	struct bpf_fib_lookup fib = {};
+	int hlen;
+	if (pkt->family == 4) {
+		fib.family = AF_INET;
+		fib.ipv4_dst = be->addr[0];
+		fib.tot_len = pkt->ip_len + QBO_IPV4_HLEN;
+		hlen = QBO_IPV4_HLEN;
+	} else {
+		fib.family = AF_INET6;
+		__builtin_memcpy(fib.ipv6_dst, be->addr, 16);
+		fib.tot_len = pkt->ip_len + QBO_IPV6_HLEN;
+		hlen = QBO_IPV6_HLEN;
+	}
+	fib.ifindex = ctx->ingress_ifindex;
+	long rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_SRC);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS) {
+		count(LB_ST_DROP_DSR_FIB);
+		return XDP_DROP;
+	}
+	if (bpf_xdp_adjust_head(ctx, -hlen)) {
+		count(LB_ST_DROP_DSR_HEADROOM);
+		return XDP_DROP;
+	}
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *eth = qbo_ptr(data, data_end, 0, QBO_ETH_HLEN);
+	if (!eth) {
+		count(LB_ST_DROP_DSR_HEADROOM);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(eth, fib.dmac, 6);
+	__builtin_memcpy(eth + 6, fib.smac, 6);
+	if (pkt->family == 4) {
+		struct qbo_iphdr *o = qbo_ptr(data, data_end, QBO_ETH_HLEN, sizeof(*o));
+		if (!o) {
+			count(LB_ST_DROP_DSR_HEADROOM);
+			return XDP_DROP;
+		}
+		eth[12] = 0x08;
+		eth[13] = 0x00;
+		o->ver_ihl = 0x45;
+		o->tos = 0;
+		o->tot_len = bpf_htons(pkt->ip_len + QBO_IPV4_HLEN);
+		o->id = 0;
+		o->frag_off = 0;
+		o->ttl = 64;
+		o->protocol = QBO_IPPROTO_IPIP;
+		o->check = 0;
+		__builtin_memcpy(o->saddr, &fib.ipv4_src, 4);
+		__builtin_memcpy(o->daddr, &be->addr[0], 4);
+		__u16 *w = (__u16 *)o;
+		__u32 s = 0;
+		int i;
+#pragma unroll
+		for (i = 0; i < 10; i++)
+			s += w[i];
+		o->check = ~csum_fold(s);
+	} else {
+		struct qbo_ipv6hdr *o = qbo_ptr(data, data_end, QBO_ETH_HLEN, sizeof(*o));
+		if (!o) {
+			count(LB_ST_DROP_DSR_HEADROOM);
+			return XDP_DROP;
+		}
+		eth[12] = 0x86;
+		eth[13] = 0xdd;
+		o->ver_tc_flow = bpf_htonl(0x60000000);
+		o->payload_len = bpf_htons(pkt->ip_len);
+		o->nexthdr = 41; /* IPv6-in-IPv6 */
+		o->hop_limit = 64;
+		__builtin_memcpy(o->saddr, fib.ipv6_src, 16);
+		__builtin_memcpy(o->daddr, be->addr, 16);
+	}
+	count(LB_ST_DSR);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+static __always_inline int lb_forward(struct xdp_md *ctx, struct qbo_pkt *pkt,
+				      const struct lb_backend *be)
+{
+	if (be->flags & LB_BE_DSR)
+		return lb_dsr(ctx, pkt, be);
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (lb_dnat(data, data_end, pkt, be)) {
+		count(LB_ST_DROP_TRUNCATED);
+		return XDP_DROP;
+	}
+	count(LB_ST_NAT);
+	return XDP_PASS;
+}
+
+static __always_inline void lb_frag_key(struct lb_frag_key *fk, const struct qbo_pkt *pkt)
+{
+	__builtin_memset(fk, 0, sizeof(*fk));
+	__builtin_memcpy(fk->saddr, pkt->saddr, 16);
+	__builtin_memcpy(fk->daddr, pkt->daddr, 16);
+	fk->id = pkt->frag_id;
+	fk->proto = pkt->proto;
+	fk->family = pkt->family;
+}
+
+/* lb_icmp_err forwards an ICMP error about a balanced flow to its backend.
+ * The error quotes the reply (VIP -> client), so the flow is the quote
+ * reversed. NAT: only DSR services and IPv4 NAT are handled; for NAT the
+ * outer destination becomes the backend and the stack delivers it (the
+ * quoted VIP is left as is: the backend's socket lookup for errors uses
+ * the quote, which a NAT backend will not match, so it is informational). */
+static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
+{
+	struct lb_flow_key k = {};
+	__builtin_memcpy(k.saddr, pkt->inner.daddr, 16);
+	__builtin_memcpy(k.daddr, pkt->inner.saddr, 16);
+	k.sport = pkt->inner.dport;
+	k.dport = pkt->inner.sport;
+	k.proto = pkt->inner.proto;
+	k.family = pkt->family;
+	struct lb_flow *f = bpf_map_lookup_elem(&lb_flows, &k);
+	if (!f) {
+		count(LB_ST_PASS_ICMP_ERR_MISS);
+		return XDP_PASS;
+	}
+	__u32 bid = f->backend;
+	struct lb_backend *be = bpf_map_lookup_elem(&lb_backends, &bid);
+	if (!be) {
+		count(LB_ST_PASS_ICMP_ERR_MISS);
+		return XDP_PASS;
+	}
+	count(LB_ST_ICMP_ERR);
+	if (be->flags & LB_BE_DSR)
+		return lb_dsr(ctx, pkt, be);
+	/* NAT: rewrite only the outer destination address. */
+	pkt->flags &= ~QBO_PKT_PORTS;
+	pkt->proto = 0; /* no L4 checksum to fix in the ICMP header */
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (lb_dnat(data, data_end, pkt, be)) {
+		count(LB_ST_DROP_TRUNCATED);
+		return XDP_DROP;
+	}
+	return XDP_PASS;
+}
+
+static __always_inline int lb_pick(struct lb_flow_key *k, const struct lb_svc_val *svc, __u32 *bid)
+{
+	if (svc->count == 0 || svc->table_size == 0)
+		return -1;
+	__u32 sid = svc->id;
+	void *tab = bpf_map_lookup_elem(&lb_maglev, &sid);
+	if (!tab)
+		return -1;
+	__u32 slot = lb_hash(k) % svc->table_size;
+	__u32 *b = bpf_map_lookup_elem(tab, &slot);
+	if (!b || *b == 0)
+		return -1;
+	*bid = *b;
+	return 0;
+}
+
+SEC("xdp")
+int lb_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct qbo_pkt pkt;
+
+	if (lb_prefilter(ctx)) {
+		count(LB_ST_DROP_PREFILTER);
+		return XDP_DROP;
+	}
+	switch (qbo_parse(data, data_end, &pkt)) {
+	case QBO_PARSE_OK:
+		break;
+	case QBO_PARSE_NOT_IP:
+		count(LB_ST_PASS_NOT_IP);
+		return XDP_PASS;
+	case QBO_PARSE_BAD_VERSION:
+		count(LB_ST_DROP_BAD_VERSION);
+		return XDP_DROP;
+	case QBO_PARSE_BAD_IHL:
+		count(LB_ST_DROP_BAD_IHL);
+		return XDP_DROP;
+	case QBO_PARSE_EXT_LIMIT:
+		count(LB_ST_PASS_EXT_LIMIT);
+		return XDP_PASS;
+	default:
+		count(LB_ST_DROP_TRUNCATED);
+		return XDP_DROP;
+	}
+	if (pkt.flags & QBO_PKT_IPOPTS)
+		count(LB_ST_IPOPTS);
+	if (pkt.flags & QBO_PKT_EXTHDRS)
+		count(LB_ST_EXTHDRS);
+	if (pkt.flags & QBO_PKT_ICMP_ERR)
+		return lb_icmp_err(ctx, &pkt);
+
+	struct lb_flow *f;
+	struct lb_backend *be;
+	__u32 bid;
+	if (pkt.flags & QBO_PKT_FRAG_LATER) {
+		struct lb_frag_key fk;
+		lb_frag_key(&fk, &pkt);
+		f = bpf_map_lookup_elem(&lb_frags, &fk);
+		if (!f) {
+			count(LB_ST_PASS_FRAG_MISS);
+			return XDP_PASS;
+		}
+		bid = f->backend;
+		be = bpf_map_lookup_elem(&lb_backends, &bid);
+		if (!be) {
+			count(LB_ST_PASS_FRAG_MISS);
+			return XDP_PASS;
+		}
+		count(LB_ST_FRAG_LATER);
+		return lb_forward(ctx, &pkt, be);
+	}
+	if (!(pkt.flags & QBO_PKT_PORTS)) {
+		count(LB_ST_PASS_NO_SERVICE);
+		return XDP_PASS;
+	}
+
+	struct lb_svc_key sk = {};
+	__builtin_memcpy(sk.addr, pkt.daddr, 16);
+	sk.port = pkt.dport;
+	sk.proto = pkt.proto;
+	sk.family = pkt.family;
+	struct lb_svc_val *svc = bpf_map_lookup_elem(&lb_svc, &sk);
+	if (!svc) {
+		count(LB_ST_PASS_NO_SERVICE);
+		return XDP_PASS;
+	}
+
+	struct lb_flow_key k = {};
+	__builtin_memcpy(k.saddr, pkt.saddr, 16);
+	__builtin_memcpy(k.daddr, pkt.daddr, 16);
+	k.sport = pkt.sport;
+	k.dport = pkt.dport;
+	k.proto = pkt.proto;
+	k.family = pkt.family;
+
+	be = 0;
+	f = bpf_map_lookup_elem(&lb_flows, &k);
+	if (f && f->service == svc->id) {
+		bid = f->backend;
+		be = bpf_map_lookup_elem(&lb_backends, &bid);
+		/* A backend that is gone (not merely draining) or now belongs
+		 * to another service loses its flows: pick again. */
+		if (be && be->service != svc->id)
+			be = 0;
+		if (be)
+			count(LB_ST_EST_FLOW);
+	}
+	if (!be) {
+		if (lb_pick(&k, svc, &bid)) {
+			count(LB_ST_DROP_NO_BACKEND);
+			return XDP_DROP;
+		}
+		be = bpf_map_lookup_elem(&lb_backends, &bid);
+		if (!be) {
+			count(LB_ST_DROP_NO_BACKEND);
+			return XDP_DROP;
+		}
+		struct lb_flow nf = {.backend = bid, .service = svc->id};
+		if (bpf_map_update_elem(&lb_flows, &k, &nf, BPF_ANY))
+			count(LB_ST_DROP_FLOW_FULL);
+		if (!(be->flags & LB_BE_DSR)) {
+			struct lb_flow_key rk = {};
+			__builtin_memcpy(rk.saddr, be->addr, 16);
+			__builtin_memcpy(rk.daddr, pkt.saddr, 16);
+			rk.sport = be->port;
+			rk.dport = pkt.sport;
+			rk.proto = pkt.proto;
+			rk.family = pkt.family;
+			struct lb_rnat_val rn = {.vport = pkt.dport};
+			__builtin_memcpy(rn.vip, pkt.daddr, 16);
+			bpf_map_update_elem(&lb_rnat, &rk, &rn, BPF_ANY);
+		}
+		count(LB_ST_NEW_FLOW);
+	}
+	if (pkt.flags & QBO_PKT_FRAG) {
+		struct lb_frag_key fk;
+		lb_frag_key(&fk, &pkt);
+		struct lb_flow fv = {.backend = bid, .service = svc->id};
+		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
+		count(LB_ST_FRAG_FIRST);
+	}
+	return lb_forward(ctx, &pkt, be);
+}
+
+/* lb_revnat runs on the uplink's egress: a reply of a NATed flow leaves
+ * with the VIP as its source. Everything else is left alone. */
+SEC("tc")
+int lb_revnat(struct __sk_buff *skb)
+{
+	/* Make the headers we may rewrite linear. */
+	bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct qbo_pkt pkt;
+	if (qbo_parse(data, data_end, &pkt) != QBO_PARSE_OK)
+		return TC_ACT_OK;
+	if (!(pkt.flags & QBO_PKT_PORTS) || (pkt.flags & QBO_PKT_FRAG))
+		return TC_ACT_OK;
+	struct lb_flow_key k = {};
+	__builtin_memcpy(k.saddr, pkt.saddr, 16);
+	__builtin_memcpy(k.daddr, pkt.daddr, 16);
+	k.sport = pkt.sport;
+	k.dport = pkt.dport;
+	k.proto = pkt.proto;
+	k.family = pkt.family;
+	struct lb_rnat_val *rn = bpf_map_lookup_elem(&lb_rnat, &k);
+	if (!rn)
+		return TC_ACT_OK;
+	struct lb_rnat_val r = *rn;
+	__u32 l4 = pkt.l4_off;
+	__u32 csum_off = l4 + (pkt.proto == IPPROTO_TCP ? 16 : 6);
+	__u64 l4flags = pkt.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	if (pkt.family == 4) {
+		__u32 l3 = pkt.l3_off;
+		bpf_l4_csum_replace(skb, csum_off, k.saddr[0], r.vip[0], l4flags | BPF_F_PSEUDO_HDR | 4);
+		bpf_l3_csum_replace(skb, l3 + 10, k.saddr[0], r.vip[0], 4);
+		bpf_skb_store_bytes(skb, l3 + 12, &r.vip[0], 4, 0);
+	} else {
+		__u32 l3 = pkt.l3_off;
+		int i;
+#pragma unroll
+		for (i = 0; i < 4; i++)
+			bpf_l4_csum_replace(skb, csum_off, k.saddr[i], r.vip[i], l4flags | BPF_F_PSEUDO_HDR | 4);
+		bpf_skb_store_bytes(skb, l3 + 8, r.vip, 16, 0);
+	}
+	bpf_l4_csum_replace(skb, csum_off, k.sport, r.vport, l4flags | 2);
+	bpf_skb_store_bytes(skb, l4, &r.vport, 2, 0);
+	__u32 st = LB_ST_REVNAT;
+	struct lb_stat_val *v = bpf_map_lookup_elem(&lb_stats, &st);
+	if (v)
+		v->packets++;
+	return TC_ACT_OK;
+}
+
+/* lb_decap is for DSR backend hosts whose kernel has no ipip/ip6tnl device:
+ * attached at TC ingress of the backend's interface, it strips the outer
+ * IPIP (IPv4-in-IPv4) or IPv6-in-IPv6 header that lb_dsr added, so that the
+ * stack sees the client's packet to the VIP (configured on lo) and answers
+ * the client directly. Anything else passes untouched. */
+SEC("tc")
+int lb_decap(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u8 *eth = qbo_ptr(data, data_end, 0, QBO_ETH_HLEN);
+	if (!eth)
+		return TC_ACT_OK;
+	__u16 proto = ((__u16)eth[12] << 8) | eth[13];
+	if (proto == ETH_P_IP) {
+		struct qbo_iphdr *ip = qbo_ptr(data, data_end, QBO_ETH_HLEN, sizeof(*ip));
+		if (!ip || ip->ver_ihl != 0x45 || ip->protocol != QBO_IPPROTO_IPIP)
+			return TC_ACT_OK;
+		if (bpf_skb_adjust_room(skb, -QBO_IPV4_HLEN, 1 /* BPF_ADJ_ROOM_MAC */, 0))
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
+	}
+	if (proto == ETH_P_IPV6) {
+		struct qbo_ipv6hdr *ip6 = qbo_ptr(data, data_end, QBO_ETH_HLEN, sizeof(*ip6));
+		if (!ip6 || ip6->nexthdr != 41)
+			return TC_ACT_OK;
+		if (bpf_skb_adjust_room(skb, -QBO_IPV6_HLEN, 1 /* BPF_ADJ_ROOM_MAC */, 0))
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
+	}
+	return TC_ACT_OK;
+}

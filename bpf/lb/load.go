@@ -1,0 +1,194 @@
+package lb
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/qbo/qbo/bpf"
+)
+
+// Options configure Load.
+type Options struct {
+	// PinDir is the bpffs directory for maps; default bpf.DefaultPinDir.
+	PinDir string
+	// Uplinks get lb_xdp (XDP) and lb_revnat (TCX egress). Links of
+	// interfaces not listed are removed.
+	Uplinks []string
+	// FlowEntries overrides the size of lb_flows and lb_rnat (only when
+	// they are created, i.e. not already pinned).
+	FlowEntries uint32
+}
+
+// Objects is the loaded lb object.
+type Objects struct {
+	objs  lbObjects
+	inner *ebpf.MapSpec // template of lb_maglev's inner arrays
+	links map[string]link.Link
+}
+
+// Load loads the object (reusing pinned maps), and attaches it to the
+// uplinks: a pinned link running the same program is kept, one running
+// another program is updated in place (link.Update swaps the program
+// atomically, so no packet misses the balancer during an upgrade).
+func Load(opts Options) (*Objects, error) {
+	o, err := LoadUnattached(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.attach(opts); err != nil {
+		o.Close()
+		return nil, err
+	}
+	return o, nil
+}
+
+// LoadUnattached loads the object and its pinned maps without touching any
+// interface (tests, benchmarks).
+func LoadUnattached(opts Options) (*Objects, error) {
+	pinDir := opts.PinDir
+	if pinDir == "" {
+		pinDir = bpf.DefaultPinDir
+	}
+	if err := os.MkdirAll(bpf.LinksDir(pinDir), 0o700); err != nil {
+		return nil, fmt.Errorf("creating pin directory: %w", err)
+	}
+	spec, err := loadLb()
+	if err != nil {
+		return nil, fmt.Errorf("loading lb object: %w", err)
+	}
+	if opts.FlowEntries != 0 {
+		spec.Maps["lb_flows"].MaxEntries = opts.FlowEntries
+		spec.Maps["lb_rnat"].MaxEntries = opts.FlowEntries
+	}
+	o := &Objects{links: map[string]link.Link{}, inner: spec.Maps["lb_maglev"].InnerMap.Copy()}
+	if err := spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: pinDir},
+	}); err != nil {
+		return nil, fmt.Errorf("loading lb object: %w", err)
+	}
+	o.links = map[string]link.Link{}
+	return o, nil
+}
+
+func (o *Objects) attach(opts Options) error {
+	pinDir := opts.PinDir
+	if pinDir == "" {
+		pinDir = bpf.DefaultPinDir
+	}
+	dir := bpf.LinksDir(pinDir)
+	want := map[string]bool{}
+	for _, name := range opts.Uplinks {
+		iface, err := net.InterfaceByName(name)
+		if err != nil {
+			return fmt.Errorf("uplink %s: %w", name, err)
+		}
+		xdp := "lb_xdp_" + name
+		tc := "lb_revnat_" + name
+		want[xdp], want[tc] = true, true
+		if err := o.ensure(filepath.Join(dir, xdp), o.objs.LbXdp, func() (link.Link, error) {
+			return link.AttachXDP(link.XDPOptions{Program: o.objs.LbXdp, Interface: iface.Index})
+		}); err != nil {
+			return fmt.Errorf("attaching lb_xdp to %s: %w", name, err)
+		}
+		if err := o.ensure(filepath.Join(dir, tc), o.objs.LbRevnat, func() (link.Link, error) {
+			return link.AttachTCX(link.TCXOptions{Program: o.objs.LbRevnat, Interface: iface.Index, Attach: ebpf.AttachTCXEgress})
+		}); err != nil {
+			return fmt.Errorf("attaching lb_revnat to %s: %w", name, err)
+		}
+	}
+	// Unpinning the last reference detaches links of removed uplinks.
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if (strings.HasPrefix(n, "lb_xdp_") || strings.HasPrefix(n, "lb_revnat_")) && !want[n] {
+			if err := bpf.Unlink(filepath.Join(dir, n)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (o *Objects) ensure(path string, prog *ebpf.Program, attach func() (link.Link, error)) error {
+	l, err := bpf.EnsureLink(path, prog, attach)
+	if err != nil {
+		return err
+	}
+	o.links[path] = l
+	return nil
+}
+
+// Close releases the caller's handles; pinned maps and links stay, so
+// traffic keeps being balanced while qbod is down.
+func (o *Objects) Close() error {
+	var errs []error
+	for _, l := range o.links {
+		errs = append(errs, l.Close())
+	}
+	o.links = nil
+	errs = append(errs, o.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Detach removes the uplinks' pinned links (the balancer stops).
+func Detach(pinDir string) error {
+	dir := bpf.LinksDir(pinDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	for _, e := range entries {
+		if n := e.Name(); strings.HasPrefix(n, "lb_xdp_") || strings.HasPrefix(n, "lb_revnat_") {
+			if err := bpf.Unlink(filepath.Join(dir, n)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Maps handed to lb/datapath.
+func (o *Objects) Services() *ebpf.Map      { return o.objs.LbSvc }
+func (o *Objects) Backends() *ebpf.Map      { return o.objs.LbBackends }
+func (o *Objects) Maglev() *ebpf.Map        { return o.objs.LbMaglev }
+func (o *Objects) Flows() *ebpf.Map         { return o.objs.LbFlows }
+func (o *Objects) RevNAT() *ebpf.Map        { return o.objs.LbRnat }
+func (o *Objects) Frags() *ebpf.Map         { return o.objs.LbFrags }
+func (o *Objects) Stats() *ebpf.Map         { return o.objs.LbStats }
+func (o *Objects) XDP() *ebpf.Program       { return o.objs.LbXdp }
+func (o *Objects) TC() *ebpf.Program        { return o.objs.LbRevnat }
+func (o *Objects) InnerSpec() *ebpf.MapSpec { return o.inner.Copy() }
+
+// Go mirrors of the C structs, generated by bpf2go.
+type (
+	SvcKey    = lbLbSvcKey
+	SvcVal    = lbLbSvcVal
+	Backend   = lbLbBackend
+	FlowKey   = lbLbFlowKey
+	Flow      = lbLbFlow
+	RevNATVal = lbLbRnatVal
+	FragKey   = lbLbFragKey
+	StatVal   = lbLbStatVal
+)
+
+// Counter names, indexed by enum lb_stat in lb.h.
+var StatNames = []string{
+	"pass_not_ip", "drop_truncated", "drop_bad_version", "drop_bad_ihl", "pass_ext_limit",
+	"pass_no_service", "new_flow", "est_flow", "drop_no_backend", "ipopts", "exthdrs",
+	"frag_first", "frag_later", "pass_frag_miss", "icmp_err", "pass_icmp_err_miss", "nat", "dsr",
+	"drop_dsr_fib", "drop_dsr_vlan", "drop_dsr_headroom", "drop_prefilter", "revnat", "drop_flow_full",
+}
+
+// Decap is lb_decap, for the TC ingress of a DSR backend host without an
+// ipip device.
+func (o *Objects) Decap() *ebpf.Program { return o.objs.LbDecap }

@@ -1,0 +1,102 @@
+package sock
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/qbo/qbo/bpf"
+)
+
+// DefaultCgroup is the cgroup v2 root on these hosts (cgroup v1 with the
+// unified hierarchy mounted beside it).
+const DefaultCgroup = "/sys/fs/cgroup/unified"
+
+// Options configure Load.
+type Options struct {
+	PinDir string // default bpf.DefaultPinDir
+	Cgroup string // default DefaultCgroup
+}
+
+// Objects is the loaded socket LB.
+type Objects struct {
+	objs  sockObjects
+	links []link.Link
+}
+
+// Load loads the object (reusing pinned maps) and attaches every program to
+// the cgroup through pinned links, kept or updated in place across restarts.
+func Load(opts Options) (*Objects, error) {
+	if opts.PinDir == "" {
+		opts.PinDir = bpf.DefaultPinDir
+	}
+	if opts.Cgroup == "" {
+		opts.Cgroup = DefaultCgroup
+	}
+	spec, err := loadSock()
+	if err != nil {
+		return nil, fmt.Errorf("loading sock object: %w", err)
+	}
+	o := &Objects{}
+	if err := spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: opts.PinDir}}); err != nil {
+		return nil, fmt.Errorf("loading sock object: %w", err)
+	}
+	p := &o.objs.sockPrograms
+	for _, a := range []struct {
+		name string
+		prog *ebpf.Program
+		typ  ebpf.AttachType
+	}{
+		{"connect4", p.SockConnect4, ebpf.AttachCGroupInet4Connect},
+		{"connect6", p.SockConnect6, ebpf.AttachCGroupInet6Connect},
+		{"sendmsg4", p.SockSendmsg4, ebpf.AttachCGroupUDP4Sendmsg},
+		{"sendmsg6", p.SockSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
+		{"recvmsg4", p.SockRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
+		{"recvmsg6", p.SockRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
+		{"getpeer4", p.SockGetpeer4, ebpf.AttachCgroupInet4GetPeername},
+		{"getpeer6", p.SockGetpeer6, ebpf.AttachCgroupInet6GetPeername},
+	} {
+		path := filepath.Join(bpf.LinksDir(opts.PinDir), "sock_"+a.name)
+		l, err := bpf.EnsureLink(path, a.prog, func() (link.Link, error) {
+			return link.AttachCgroup(link.CgroupOptions{Path: opts.Cgroup, Attach: a.typ, Program: a.prog})
+		})
+		if err != nil {
+			o.Close()
+			return nil, fmt.Errorf("attaching sock_%s to %s: %w", a.name, opts.Cgroup, err)
+		}
+		o.links = append(o.links, l)
+	}
+	return o, nil
+}
+
+// Close releases the handles; the pinned links keep balancing.
+func (o *Objects) Close() error {
+	var errs []error
+	for _, l := range o.links {
+		errs = append(errs, l.Close())
+	}
+	o.links = nil
+	errs = append(errs, o.objs.Close())
+	return errors.Join(errs...)
+}
+
+// Detach removes the pinned cgroup links.
+func Detach(pinDir string) error {
+	for _, n := range []string{"connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeer4", "getpeer6"} {
+		if err := bpf.Unlink(filepath.Join(bpf.LinksDir(pinDir), "sock_"+n)); err != nil && !os.IsNotExist(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// NatMap is lb_sock_nat: socket cookie -> the VIP and backend it was
+// balanced between.
+func (o *Objects) NatMap() *ebpf.Map { return o.objs.LbSockNat }
+
+// NatVal is the value of lb_sock_nat.
+type NatVal = sockLbSockNatVal

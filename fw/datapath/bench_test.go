@@ -1,0 +1,295 @@
+//go:build bpftest
+
+package datapath
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	bpffw "github.com/qbo/qbo/bpf/fw"
+	"github.com/qbo/qbo/fw"
+)
+
+// Benchmarks (run once, by bench/fw.sh):
+//
+//	go test -tags bpftest -run '^$' -bench . -benchtime 200000x ./fw/datapath/
+
+var benchRuleCounts = []int{10, 1000, 10000, bpffw.MaxRules, 65536}
+
+// benchRules returns n deny rules: even ones match a destination port
+// (any source), odd ones a source /32 (any port). Neither kind matches
+// the benchmark packet, whose source and port no rule names, so every
+// rule is a candidate in some field and a linear evaluator walks all n.
+func benchRules(n int, iface string) fw.RuleSet {
+	s := fw.RuleSet{Policies: []fw.Policy{{Target: fw.Node, Direction: fw.Ingress, Action: fw.Deny},
+		{Target: fw.Node, Direction: fw.Egress, Action: fw.Deny}}}
+	for i := 0; i < n; i++ {
+		r := fw.Rule{Name: fmt.Sprintf("r%d", i), Priority: i, Action: fw.Deny, Proto: fw.ProtoUDP,
+			Direction: fw.Egress, Target: fw.Target{Kind: fw.TargetIface, Name: iface}}
+		if i%2 == 0 {
+			r.Ports = fw.PortRange{Lo: uint16(10000 + i/2%50000), Hi: uint16(10000 + i/2%50000)}
+		} else {
+			r.Src = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+		}
+		s.Rules = append(s.Rules, r)
+	}
+	return s
+}
+
+// benchPacket is UDP 10.255.255.1:9 -> 10.198.0.2:9: no rule matches it.
+func benchPacket() []byte {
+	return tpkt{src: a("10.255.255.1"), dst: a("10.198.0.2"), proto: 17, sport: 9, dport: 9}.build()
+}
+
+func emptyTC(b *testing.B) *ebpf.Program {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { p.Close() })
+	return p
+}
+
+// runBench runs prog b.N times in one BPF_PROG_TEST_RUN. Program.Benchmark
+// takes no context, so the skb runs on the namespace's lo (ifindex 1),
+// which is where the benchmark rules are targeted.
+func runBench(b *testing.B, prog *ebpf.Program, frame []byte, want uint32) {
+	b.Helper()
+	ret, d, err := prog.Benchmark(frame, b.N, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if ret != want {
+		b.Fatalf("verdict %d, want %d", ret, want)
+	}
+	b.ReportMetric(float64(d.Nanoseconds()), "ns/pkt")
+}
+
+// BenchmarkProgRun measures one classification per packet with
+// BPF_PROG_TEST_RUN: the empty program, then the egress program at each
+// rule count (the packet is denied by the default policy, so no
+// connection entry short-cuts later runs), then the established path.
+func BenchmarkProgRun(b *testing.B) {
+	e := newEnv(b)
+	frame := benchPacket()
+	b.Run("empty", func(b *testing.B) { runBench(b, emptyTC(b), frame, next) })
+	for _, n := range benchRuleCounts {
+		s := benchRules(n, "lo")
+		c, err := fw.Compile(s, fw.Resolved{}, Limits)
+		if err != nil {
+			b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) { b.Skipf("refused: %v", err) })
+			continue
+		}
+		if err := e.dp.Apply(c, e.resolve, false); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, drop) })
+	}
+	// The same counts when every rule names a source /32: the packet's
+	// source trie entry is empty, the summary AND is zero at once.
+	for _, n := range benchRuleCounts[:4] {
+		s := benchRules(n, "lo")
+		for i := range s.Rules {
+			s.Rules[i].Ports = fw.PortRange{}
+			s.Rules[i].Src = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+		}
+		c, err := fw.Compile(s, fw.Resolved{}, Limits)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := e.dp.Apply(c, e.resolve, false); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("src-only/rules=%d", n), func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, drop) })
+	}
+	// An established flow: allowed once, then found in fw_ct.
+	s := benchRules(1000, "lo")
+	s.Policies = nil
+	c, _ := fw.Compile(s, fw.Resolved{}, Limits)
+	if err := e.dp.Apply(c, e.resolve, false); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("established", func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, next) })
+}
+
+// BenchmarkPrefilter measures the XDP prefilter with 0, 100k and 1M deny
+// prefixes (random /24../32 IPv4), for a packet that matches none.
+func BenchmarkPrefilter(b *testing.B) {
+	e := newEnv(b)
+	pf := NewPrefilter(e.f.Maps())
+	frame := tpkt{src: a("192.0.2.1"), dst: a("10.198.0.2"), proto: 17, sport: 9, dport: 9}.build()
+	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer empty.Close()
+	b.Run("empty-program", func(b *testing.B) { runBench(b, empty, frame, 2) })
+	have := 0
+	for _, n := range []int{0, 100_000, 1_000_000} {
+		var add []netip.Prefix
+		for i := have; i < n; i++ {
+			// 11.0.0.0 - 74.255.255.255 region, never 192.0.2.1.
+			v := uint32(11<<24) + uint32(i)*61
+			add = append(add, netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 24+i%9).Masked())
+		}
+		if err := pf.Add(add); err != nil {
+			b.Fatal(err)
+		}
+		have = n
+		b.Run(fmt.Sprintf("prefixes=%d", n), func(b *testing.B) { runBench(b, e.f.Programs().FwXdpPrefilter, frame, 2) })
+	}
+}
+
+// BenchmarkLoopbackPath sends UDP datagrams over loopback inside a private
+// namespace and times each sendto, which on loopback carries the packet
+// through the egress hooks synchronously. The same rules go into the qbo
+// egress program (TCX on lo), an iptables OUTPUT chain (one rule each,
+// linear) and an nftables set (one lookup); every packet matches no rule
+// and is dropped by the final default, so all three do the same work.
+func BenchmarkLoopbackPath(b *testing.B) {
+	e := newEnv(b)
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	ns := currentNetnsName(b)
+	send := func(b *testing.B) {
+		// A sub-benchmark runs on its own goroutine: enter the namespace.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer orig.Close()
+		target, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			b.Fatal(err)
+		}
+		defer unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET)
+		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer conn.Close()
+		msg := make([]byte, 64)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			conn.WriteToUDP(msg, dst) // dropped: EPERM / ENOBUFS expected
+		}
+	}
+	sh(b, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+	b.Run("none", send)
+	for _, n := range []int{0, 10, 1000, 10000, bpffw.MaxRules, 65536} {
+		// qbo
+		if n <= bpffw.MaxRules {
+			s := benchRules(n, "lo")
+			c, err := fw.Compile(s, fw.Resolved{}, Limits)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(c.Ifaces) == 0 {
+				c, _ = fw.Compile(fw.RuleSet{Policies: s.Policies}, fw.Resolved{fw.Node: {"lo"}}, Limits)
+			}
+			e.ifidx["lo"] = 1
+			if err := e.dp.Apply(c, e.resolve, false); err != nil {
+				b.Fatal(err)
+			}
+			if err := e.f.Attach("lo", 1); err != nil {
+				b.Fatal(err)
+			}
+			b.Run(fmt.Sprintf("qbo/rules=%d", n), send)
+			if err := e.f.Detach("lo"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		// iptables: a linear OUTPUT chain.
+		var ipt strings.Builder
+		ipt.WriteString("*filter\n:OUTPUT ACCEPT [0:0]\n")
+		for _, r := range benchRules(n, "lo").Rules {
+			if r.Src.IsValid() {
+				fmt.Fprintf(&ipt, "-A OUTPUT -o lo -s %s -p udp -j DROP\n", r.Src)
+			} else {
+				fmt.Fprintf(&ipt, "-A OUTPUT -o lo -p udp --dport %d -j DROP\n", r.Ports.Lo)
+			}
+		}
+		ipt.WriteString("-A OUTPUT -o lo -p udp -j DROP\nCOMMIT\n")
+		restore(b, ns, ipt.String(), "iptables-restore")
+		b.Run(fmt.Sprintf("iptables/rules=%d", n), send)
+		restore(b, ns, "*filter\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "iptables-restore")
+		// nftables: two sets, one lookup each.
+		var nft strings.Builder
+		nft.WriteString("table ip qbobench {\n set src { type ipv4_addr; flags interval; }\n set port { type inet_service; }\n")
+		nft.WriteString(" chain out { type filter hook output priority 0; policy accept;\n  oifname \"lo\" ip saddr @src meta l4proto udp drop\n  oifname \"lo\" udp dport @port drop\n  oifname \"lo\" meta l4proto udp drop\n }\n}\n")
+		var srcs, ports []string
+		for _, r := range benchRules(n, "lo").Rules {
+			if r.Src.IsValid() {
+				srcs = append(srcs, r.Src.Addr().String())
+			} else {
+				ports = append(ports, fmt.Sprint(r.Ports.Lo))
+			}
+		}
+		if len(srcs) > 0 {
+			fmt.Fprintf(&nft, "add element ip qbobench src { %s }\n", strings.Join(srcs, ", "))
+		}
+		if len(ports) > 0 {
+			fmt.Fprintf(&nft, "add element ip qbobench port { %s }\n", strings.Join(dedup(ports), ", "))
+		}
+		restore(b, ns, nft.String(), "nft", "-f", "-")
+		b.Run(fmt.Sprintf("nft-set/rules=%d", n), send)
+		restore(b, ns, "delete table ip qbobench\n", "nft", "-f", "-")
+	}
+}
+
+func dedup(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, v := range s {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func restore(b *testing.B, ns, input string, cmd ...string) {
+	b.Helper()
+	c := exec.Command("ip", append([]string{"netns", "exec", ns}, cmd...)...)
+	c.Stdin = strings.NewReader(input)
+	if out, err := c.CombinedOutput(); err != nil {
+		b.Fatalf("%s: %v\n%s", strings.Join(cmd, " "), err, out)
+	}
+}
+
+// currentNetnsName finds the name under /run/netns of the namespace the
+// calling thread is in (newEnv entered it).
+func currentNetnsName(b *testing.B) string {
+	self, err := os.Stat("/proc/thread-self/ns/net")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ents, _ := os.ReadDir("/run/netns")
+	for _, en := range ents {
+		st, err := os.Stat(filepath.Join("/run/netns", en.Name()))
+		if err == nil && os.SameFile(st, self) {
+			return en.Name()
+		}
+	}
+	b.Fatal("the test thread is not in a named namespace")
+	return ""
+}

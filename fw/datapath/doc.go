@@ -1,0 +1,13 @@
+// Package datapath is the only code that knows bpf/fw's C layouts. It
+// encodes a compiled rule set (package fw) into the firewall object's maps
+// and replaces a whole set atomically: every table is keyed by a
+// generation bit, Apply fills the inactive half and then flips one
+// config word, so a packet, which reads the generation once, is judged by
+// the old set or the new one, never a mix. It also assigns stable
+// per-rule counter slots, reads counters and verdict statistics, decodes
+// deny records from the shared telemetry ring, and fills the XDP
+// prefilter's deny tries.
+//
+// It imports fw, bpf/fw and cilium/ebpf. Its tests (build tag bpftest)
+// load the real programs and drive them with BPF_PROG_TEST_RUN.
+package datapath

@@ -1,0 +1,196 @@
+package fw_test
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/netip"
+	"testing"
+
+	"github.com/qbo/qbo/fw"
+	"github.com/qbo/qbo/fw/fwtest"
+)
+
+func TestCompiledClassifyMatchesReferenceModel(t *testing.T) {
+	ifaces := []string{"eth0", "veth1", "veth2"}
+	res := fw.Resolved{fw.Node: {"eth0"}}
+	for seed := uint64(0); seed < 300; seed++ {
+		r := rand.New(rand.NewPCG(seed, 1))
+		s := fwtest.RuleSet(r, 1+r.IntN(150), ifaces)
+		c, err := fw.Compile(s, res, fw.DefaultLimits)
+		if err != nil {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		for i := 0; i < 200; i++ {
+			p := fwtest.Packet(r, ifaces)
+			want := fw.Evaluate(&s, res, p)
+			if got := c.Classify(p); got != want {
+				t.Fatalf("seed %d packet %+v: compiled %+v, model %+v", seed, p, got, want)
+			}
+		}
+	}
+}
+
+func TestFirstMatchByPriority(t *testing.T) {
+	s := fw.RuleSet{Rules: []fw.Rule{
+		{Name: "allow-lan-ssh", Priority: 10, Action: fw.Allow, Src: netip.MustParsePrefix("10.198.1.0/24"), Proto: fw.ProtoTCP, Ports: fw.PortRange{Lo: 22, Hi: 22}},
+		{Name: "deny-ssh", Priority: 20, Action: fw.Deny, Log: true, Proto: fw.ProtoTCP, Ports: fw.PortRange{Lo: 22, Hi: 22}},
+		{Name: "b-same-prio", Priority: 30, Action: fw.Deny, Proto: fw.ProtoUDP},
+		{Name: "a-same-prio", Priority: 30, Action: fw.Allow, Proto: fw.ProtoUDP},
+	}, Policies: []fw.Policy{{Target: fw.Node, Direction: fw.Ingress, Action: fw.Deny}}}
+	res := fw.Resolved{fw.Node: {"eth0"}}
+	c, err := fw.Compile(s, res, fw.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr
+	for _, tc := range []struct {
+		p    fw.Packet
+		want fw.Verdict
+	}{
+		{fw.Packet{"eth0", fw.Ingress, a("10.198.1.5"), a("10.198.0.1"), fw.ProtoTCP, 22}, fw.Verdict{fw.Allow, "allow-lan-ssh", false}},
+		{fw.Packet{"eth0", fw.Ingress, a("10.198.2.5"), a("10.198.0.1"), fw.ProtoTCP, 22}, fw.Verdict{fw.Deny, "deny-ssh", true}},
+		{fw.Packet{"eth0", fw.Ingress, a("10.198.2.5"), a("10.198.0.1"), fw.ProtoTCP, 80}, fw.Verdict{fw.Deny, "", false}},
+		{fw.Packet{"eth0", fw.Egress, a("10.198.2.5"), a("10.198.0.1"), fw.ProtoTCP, 22}, fw.Verdict{fw.Allow, "", false}},
+		{fw.Packet{"eth0", fw.Ingress, a("10.198.2.5"), a("10.198.0.1"), fw.ProtoUDP, 53}, fw.Verdict{fw.Allow, "a-same-prio", false}},
+		{fw.Packet{"eth9", fw.Ingress, a("10.198.2.5"), a("10.198.0.1"), fw.ProtoTCP, 22}, fw.Verdict{fw.Allow, "", false}},
+	} {
+		if got := fw.Evaluate(&s, res, tc.p); got != tc.want {
+			t.Errorf("model %+v: got %+v want %+v", tc.p, got, tc.want)
+		}
+		if got := c.Classify(tc.p); got != tc.want {
+			t.Errorf("compiled %+v: got %+v want %+v", tc.p, got, tc.want)
+		}
+	}
+}
+
+func TestInstanceTargetFlipsHook(t *testing.T) {
+	inst := fw.Target{Kind: fw.TargetInstance, Name: "web"}
+	s := fw.RuleSet{Rules: []fw.Rule{{Name: "in", Action: fw.Deny, Target: inst, Direction: fw.Ingress}}}
+	res := fw.Resolved{inst: {"vethweb"}}
+	p := fw.Packet{Iface: "vethweb", Hook: fw.Egress, Src: netip.MustParseAddr("10.1.1.1"), Dst: netip.MustParseAddr("10.1.1.2"), Proto: fw.ProtoUDP, DPort: 1}
+	if v := fw.Evaluate(&s, res, p); v.Rule != "in" {
+		t.Fatalf("into the instance is the host side's egress: got %+v", v)
+	}
+	p.Hook = fw.Ingress
+	if v := fw.Evaluate(&s, res, p); v.Rule != "" {
+		t.Fatalf("got %+v", v)
+	}
+}
+
+func TestCapacityIsRefusedWhole(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	s := fwtest.RuleSet(r, 11, nil)
+	_, err := fw.Compile(s, fw.Resolved{fw.Node: {"eth0"}}, fw.Limits{MaxRules: 10, MaxPrefixes: 100, MaxIfaces: 4})
+	if !errors.Is(err, fw.ErrCapacity) {
+		t.Fatalf("want ErrCapacity, got %v", err)
+	}
+	_, err = fw.Compile(s, fw.Resolved{fw.Node: {"eth0"}}, fw.Limits{MaxRules: 100, MaxPrefixes: 2, MaxIfaces: 4})
+	if !errors.Is(err, fw.ErrCapacity) {
+		t.Fatalf("want ErrCapacity for prefixes, got %v", err)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	for _, r := range []fw.Rule{
+		{Name: "", Action: fw.Allow},
+		{Name: "x", Action: "maybe"},
+		{Name: "x", Action: fw.Allow, Direction: "sideways"},
+		{Name: "x", Action: fw.Allow, Proto: fw.ProtoICMP, Ports: fw.PortRange{Lo: 1, Hi: 2}},
+		{Name: "x", Action: fw.Allow, Proto: fw.ProtoTCP, Ports: fw.PortRange{Lo: 5, Hi: 2}},
+		{Name: "x", Action: fw.Allow, Src: netip.MustParsePrefix("10.0.0.0/8"), Dst: netip.MustParsePrefix("fd00::/8")},
+		{Name: "x", Action: fw.Allow, Target: fw.Target{Kind: fw.TargetIface}},
+		{Name: "x", Action: fw.Allow, Proto: 99},
+	} {
+		if err := r.Normalize(); !errors.Is(err, fw.ErrInvalid) {
+			t.Errorf("%+v: want ErrInvalid, got %v", r, err)
+		}
+	}
+	r := fw.Rule{Name: "ok", Action: fw.Allow, Src: netip.MustParsePrefix("10.1.2.3/8")}
+	if err := r.Normalize(); err != nil || r.Src.String() != "10.0.0.0/8" || r.Direction != fw.Ingress || r.Target != fw.Node {
+		t.Fatalf("normalize: %v %+v", err, r)
+	}
+	if _, err := fw.ParsePortRange("0"); err == nil {
+		t.Error("port 0 accepted")
+	}
+	if pr, err := fw.ParsePortRange("20-30"); err != nil || pr != (fw.PortRange{Lo: 20, Hi: 30}) {
+		t.Errorf("20-30: %v %v", pr, err)
+	}
+	s := fw.RuleSet{Rules: []fw.Rule{{Name: "a", Action: fw.Allow}, {Name: "a", Action: fw.Deny}}}
+	if err := s.Validate(); !errors.Is(err, fw.ErrInvalid) {
+		t.Errorf("duplicate names: %v", err)
+	}
+}
+
+func TestStateRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	s, err := fw.LoadState(dir)
+	if err != nil || len(s.Rules) != 0 {
+		t.Fatalf("empty dir: %v %+v", err, s)
+	}
+	s = fwtest.RuleSet(rand.New(rand.NewPCG(3, 4)), 20, []string{"eth0"})
+	s.Reevaluate = true
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fw.SaveState(dir, s); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fw.LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Rules) != len(s.Rules) || got.Rules[3] != s.Rules[3] || !got.Reevaluate || len(got.Policies) != len(s.Policies) {
+		t.Fatalf("round trip differs:\n%+v\n%+v", got, s)
+	}
+}
+
+func FuzzCompileAgreesWithModel(f *testing.F) {
+	f.Add(uint64(1), uint64(2), uint8(10))
+	f.Add(uint64(7), uint64(0), uint8(200))
+	f.Fuzz(func(t *testing.T, a, b uint64, n uint8) {
+		r := rand.New(rand.NewPCG(a, b))
+		ifaces := []string{"eth0", "veth1"}
+		res := fw.Resolved{fw.Node: {"eth0"}}
+		s := fwtest.RuleSet(r, int(n), ifaces)
+		c, err := fw.Compile(s, res, fw.DefaultLimits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 50; i++ {
+			p := fwtest.Packet(r, ifaces)
+			if got, want := c.Classify(p), fw.Evaluate(&s, res, p); got != want {
+				t.Fatalf("packet %+v: compiled %+v, model %+v", p, got, want)
+			}
+		}
+	})
+}
+
+// BenchmarkCompile compiles rule sets of growing size (the control
+// plane's cost of a replacement, before any map write).
+func BenchmarkCompile(b *testing.B) {
+	for _, n := range []int{10, 1000, 10000} {
+		s := fwtest.RuleSet(rand.New(rand.NewPCG(9, 9)), n, []string{"eth0", "veth1"})
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if _, err := fw.Compile(s, fw.Resolved{fw.Node: {"eth0"}}, fw.DefaultLimits); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func TestPrefilterValidation(t *testing.T) {
+	s := fw.RuleSet{Prefilter: []netip.Prefix{netip.MustParsePrefix("10.1.2.3/8"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::1/64")}}
+	if err := s.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Prefilter) != 2 || s.Prefilter[0].String() != "10.0.0.0/8" || s.Prefilter[1].String() != "fd00::/64" {
+		t.Fatalf("normalized prefilter: %v", s.Prefilter)
+	}
+	s.Prefilter = append(s.Prefilter, netip.Prefix{})
+	if err := s.Validate(); !errors.Is(err, fw.ErrInvalid) {
+		t.Fatalf("invalid prefix: %v", err)
+	}
+}
