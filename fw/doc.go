@@ -1,7 +1,7 @@
 // Package fw is the firewall's control plane: the rule model, the
 // reference semantics, and the pure compilation of a rule set into the
 // per-field tables the datapath classifies with. It imports only the
-// standard library (net/netip); fw/datapath turns a Compiled into bpf/fw's
+// standard library (net/netip) and internal/statefile; fw/datapath turns a Compiled into bpf/fw's
 // maps, and cmd/qbod wires both to the "firewall" mirror.
 //
 // # Semantics

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/qbo/qbo/internal/statefile"
 )
 
 // StateFile is the name of the persisted rule set under the state dir.
@@ -34,31 +36,5 @@ func LoadState(dir string) (RuleSet, error) {
 // SaveState writes s to dir atomically: a reader (or a crash) sees the old
 // file or the new one, never a mix.
 func SaveState(dir string, s RuleSet) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encoding firewall state: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("creating state dir: %w", err)
-	}
-	f, err := os.CreateTemp(dir, StateFile+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing firewall state: %w", err)
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(append(b, '\n')); err != nil {
-		f.Close()
-		return fmt.Errorf("writing firewall state: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("syncing firewall state: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("writing firewall state: %w", err)
-	}
-	if err := os.Rename(f.Name(), filepath.Join(dir, StateFile)); err != nil {
-		return fmt.Errorf("replacing firewall state: %w", err)
-	}
-	return nil
+	return statefile.Save(filepath.Join(dir, StateFile), s)
 }

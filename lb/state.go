@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
+
+	"github.com/qbo/qbo/internal/statefile"
 )
 
 // State is the desired state: the services by name, with the IDs the
@@ -176,33 +177,7 @@ func (s *State) Forget(name string, id uint32) {
 
 // Save writes the state to path atomically (temp file, fsync, rename).
 func (s *State) Save(path string) error {
-	data, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encoding lb state: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return fmt.Errorf("saving lb state: %w", err)
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".lb-*.json")
-	if err != nil {
-		return fmt.Errorf("saving lb state: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("saving lb state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("saving lb state: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("saving lb state: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("saving lb state: %w", err)
-	}
-	return nil
+	return statefile.Save(path, s)
 }
 
 // LoadState reads a state saved by Save; a missing file is an empty state.

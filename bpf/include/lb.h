@@ -14,6 +14,10 @@
 #define LB_MAX_BACKENDS 262144
 #define LB_FLOWS 262144
 #define LB_FRAGS 16384
+/* Slots of the flat Maglev array shared by all services (4 bytes each);
+ * lb/datapath allocates each service a range of table_size slots. The
+ * loader may override the size. */
+#define LB_MAGLEV_SLOTS (1 << 22)
 
 struct lb_svc_key {
 	__be32 addr[4];
@@ -27,10 +31,11 @@ enum lb_svc_flags {
 };
 
 struct lb_svc_val {
-	__u32 id;         /* key of its Maglev table in lb_maglev */
+	__u32 id;         /* service ID (flows and backends refer to it) */
 	__u32 count;      /* backends in the table; 0 => drop new flows */
 	__u32 table_size; /* Maglev table size, a prime */
 	__u32 flags;      /* enum lb_svc_flags */
+	__u32 offset;     /* first slot of its Maglev table in lb_maglev */
 };
 
 enum lb_backend_flags {

@@ -27,24 +27,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_backends SEC(".maps");
 
-/* Per-service Maglev tables: service ID -> array of backend IDs. The inner
- * arrays differ in size (BPF_F_INNER_MAP), so each service pays only for
- * its own table; lb/datapath swaps a whole inner map to change a table
- * atomically. */
-struct lb_maglev_inner {
+/* Maglev tables: one flat array; service S owns slots [S.offset,
+ * S.offset + S.table_size). A table change writes a fresh range and then
+ * switches the service entry to it (one hash update), so a packet sees the
+ * old table or the new one, and no map-of-maps update (which waits for an
+ * RCU grace period in the syscall) is needed. It is mmapable, so a table
+ * is written with plain stores instead of one syscall element each. */
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 251);
-	__uint(map_flags, BPF_F_INNER_MAP);
+	__uint(max_entries, LB_MAGLEV_SLOTS);
+	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE: lb/datapath writes tables through memory */
 	__type(key, __u32);
 	__type(value, __u32);
-};
-
-struct {
-	__uint(type, QBO_MAP_TYPE_HASH_OF_MAPS);
-	__uint(max_entries, LB_MAX_SERVICES);
-	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__array(values, struct lb_maglev_inner);
 } lb_maglev SEC(".maps");
 
 /* Flows: per-CPU LRU lists (BPF_F_NO_COMMON_LRU), so that churn on one

@@ -396,12 +396,8 @@ static __always_inline int lb_pick(struct lb_flow_key *k, const struct lb_svc_va
 {
 	if (svc->count == 0 || svc->table_size == 0)
 		return -1;
-	__u32 sid = svc->id;
-	void *tab = bpf_map_lookup_elem(&lb_maglev, &sid);
-	if (!tab)
-		return -1;
-	__u32 slot = lb_hash(k) % svc->table_size;
-	__u32 *b = bpf_map_lookup_elem(tab, &slot);
+	__u32 slot = svc->offset + lb_hash(k) % svc->table_size;
+	__u32 *b = bpf_map_lookup_elem(&lb_maglev, &slot);
 	if (!b || *b == 0)
 		return -1;
 	*bid = *b;

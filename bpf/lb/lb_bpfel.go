@@ -76,6 +76,7 @@ type lbLbSvcVal struct {
 	Count     uint32
 	TableSize uint32
 	Flags     uint32
+	Offset    uint32
 }
 
 type lbQboPfKey4 struct {

@@ -3,6 +3,7 @@ package sock
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -100,3 +101,46 @@ func (o *Objects) NatMap() *ebpf.Map { return o.objs.LbSockNat }
 
 // NatVal is the value of lb_sock_nat.
 type NatVal = sockLbSockNatVal
+
+// Destroy terminates every node socket that connect-time balancing sent to
+// backend (bpf_sock_destroy from a TCP and a UDP socket iterator) and
+// returns how many it terminated.
+func (o *Objects) Destroy(backend uint32) (int, error) {
+	before, err := o.destroyed()
+	if err != nil {
+		return 0, err
+	}
+	if err := o.objs.LbSockKill.Put(uint32(0), backend); err != nil {
+		return 0, fmt.Errorf("setting backend to terminate: %w", err)
+	}
+	defer o.objs.LbSockKill.Put(uint32(0), uint32(0))
+	for _, p := range []*ebpf.Program{o.objs.SockKillTcp, o.objs.SockKillUdp} {
+		it, err := link.AttachIter(link.IterOptions{Program: p})
+		if err != nil {
+			return 0, fmt.Errorf("attaching socket iterator: %w", err)
+		}
+		r, err := it.Open()
+		if err == nil {
+			_, err = io.Copy(io.Discard, r)
+			r.Close()
+		}
+		it.Close()
+		if err != nil {
+			return 0, fmt.Errorf("running socket iterator: %w", err)
+		}
+	}
+	after, err := o.destroyed()
+	return int(after - before), err
+}
+
+func (o *Objects) destroyed() (uint64, error) {
+	var per []uint64
+	if err := o.objs.LbSockStats.Lookup(uint32(3), &per); err != nil {
+		return 0, fmt.Errorf("reading lb_sock_stats: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}

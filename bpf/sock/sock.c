@@ -55,6 +55,7 @@ enum lb_sock_stat {
 	LB_SOCK_BALANCED = 0, /* connect/sendmsg rewritten to a backend */
 	LB_SOCK_NO_BACKEND = 1, /* VIP without backends: left as is */
 	LB_SOCK_REVERSED = 2, /* recvmsg/getpeername rewritten to the VIP */
+	LB_SOCK_DESTROYED = 3, /* sockets of a deleted backend terminated */
 };
 
 static __always_inline void sock_count(__u32 st)
@@ -95,15 +96,9 @@ static __always_inline int sock_balance(struct bpf_sock_addr *ctx, int family)
 		sock_count(LB_SOCK_NO_BACKEND);
 		return 1;
 	}
-	__u32 sid = svc->id;
-	void *tab = bpf_map_lookup_elem(&lb_maglev, &sid);
-	if (!tab) {
-		sock_count(LB_SOCK_NO_BACKEND);
-		return 1;
-	}
 	__u64 cookie = bpf_get_socket_cookie(ctx);
-	__u32 slot = cookie_hash(cookie) % svc->table_size;
-	__u32 *bid = bpf_map_lookup_elem(tab, &slot);
+	__u32 slot = svc->offset + cookie_hash(cookie) % svc->table_size;
+	__u32 *bid = bpf_map_lookup_elem(&lb_maglev, &slot);
 	if (!bid) {
 		sock_count(LB_SOCK_NO_BACKEND);
 		return 1;
@@ -182,3 +177,69 @@ int sock_getpeer4(struct bpf_sock_addr *ctx) { return sock_reverse(ctx, 4); }
 
 SEC("cgroup/getpeername6")
 int sock_getpeer6(struct bpf_sock_addr *ctx) { return sock_reverse(ctx, 6); }
+
+/* ---- terminating the sockets of a deleted backend ----
+ *
+ * lb/datapath writes the backend ID into lb_sock_kill and runs these
+ * iterators once over every TCP and UDP socket of the node: a socket that
+ * connect4/6 balanced to that backend (found by its cookie in lb_sock_nat)
+ * is destroyed (bpf_sock_destroy: the application sees ECONNABORTED), so
+ * it reconnects and is balanced again, instead of talking to a backend
+ * that is gone. A service with "drain" skips this. */
+
+struct bpf_iter_meta;
+struct udp_sock;
+
+struct bpf_iter__tcp {
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;
+	__u32 uid;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__udp {
+	struct bpf_iter_meta *meta;
+	struct udp_sock *udp_sk;
+	__u32 uid;
+	int bucket;
+} __attribute__((preserve_access_index));
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} lb_sock_kill SEC(".maps");
+
+static __always_inline void sock_kill(struct sock_common *sk)
+{
+	__u32 zero = 0;
+	__u32 *target = bpf_map_lookup_elem(&lb_sock_kill, &zero);
+	if (!target || *target == 0)
+		return;
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	struct lb_sock_nat_val *nat = bpf_map_lookup_elem(&lb_sock_nat, &cookie);
+	if (!nat || nat->backend != *target)
+		return;
+	if (bpf_sock_destroy(sk) == 0)
+		sock_count(LB_SOCK_DESTROYED);
+}
+
+SEC("iter/tcp")
+int sock_kill_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *sk = ctx->sk_common;
+	if (sk)
+		sock_kill(sk);
+	return 0;
+}
+
+SEC("iter/udp")
+int sock_kill_udp(struct bpf_iter__udp *ctx)
+{
+	struct sock_common *sk = (struct sock_common *)ctx->udp_sk;
+	if (sk)
+		sock_kill(sk);
+	return 0;
+}

@@ -46,6 +46,7 @@ type sockLbSvcVal struct {
 	Count     uint32
 	TableSize uint32
 	Flags     uint32
+	Offset    uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -54,6 +55,7 @@ type sockLbSvcVal struct {
 const (
 	sockMapLbBackends    = "lb_backends"
 	sockMapLbMaglev      = "lb_maglev"
+	sockMapLbSockKill    = "lb_sock_kill"
 	sockMapLbSockNat     = "lb_sock_nat"
 	sockMapLbSockStats   = "lb_sock_stats"
 	sockMapLbSvc         = "lb_svc"
@@ -61,6 +63,8 @@ const (
 	sockProgSockConnect6 = "sock_connect6"
 	sockProgSockGetpeer4 = "sock_getpeer4"
 	sockProgSockGetpeer6 = "sock_getpeer6"
+	sockProgSockKillTcp  = "sock_kill_tcp"
+	sockProgSockKillUdp  = "sock_kill_udp"
 	sockProgSockRecvmsg4 = "sock_recvmsg4"
 	sockProgSockRecvmsg6 = "sock_recvmsg6"
 	sockProgSockSendmsg4 = "sock_sendmsg4"
@@ -113,6 +117,8 @@ type sockProgramSpecs struct {
 	SockConnect6 *ebpf.ProgramSpec `ebpf:"sock_connect6"`
 	SockGetpeer4 *ebpf.ProgramSpec `ebpf:"sock_getpeer4"`
 	SockGetpeer6 *ebpf.ProgramSpec `ebpf:"sock_getpeer6"`
+	SockKillTcp  *ebpf.ProgramSpec `ebpf:"sock_kill_tcp"`
+	SockKillUdp  *ebpf.ProgramSpec `ebpf:"sock_kill_udp"`
 	SockRecvmsg4 *ebpf.ProgramSpec `ebpf:"sock_recvmsg4"`
 	SockRecvmsg6 *ebpf.ProgramSpec `ebpf:"sock_recvmsg6"`
 	SockSendmsg4 *ebpf.ProgramSpec `ebpf:"sock_sendmsg4"`
@@ -125,6 +131,7 @@ type sockProgramSpecs struct {
 type sockMapSpecs struct {
 	LbBackends  *ebpf.MapSpec `ebpf:"lb_backends"`
 	LbMaglev    *ebpf.MapSpec `ebpf:"lb_maglev"`
+	LbSockKill  *ebpf.MapSpec `ebpf:"lb_sock_kill"`
 	LbSockNat   *ebpf.MapSpec `ebpf:"lb_sock_nat"`
 	LbSockStats *ebpf.MapSpec `ebpf:"lb_sock_stats"`
 	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
@@ -158,6 +165,7 @@ func (o *sockObjects) Close() error {
 type sockMaps struct {
 	LbBackends  *ebpf.Map `ebpf:"lb_backends"`
 	LbMaglev    *ebpf.Map `ebpf:"lb_maglev"`
+	LbSockKill  *ebpf.Map `ebpf:"lb_sock_kill"`
 	LbSockNat   *ebpf.Map `ebpf:"lb_sock_nat"`
 	LbSockStats *ebpf.Map `ebpf:"lb_sock_stats"`
 	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
@@ -167,6 +175,7 @@ func (m *sockMaps) Close() error {
 	return _SockClose(
 		m.LbBackends,
 		m.LbMaglev,
+		m.LbSockKill,
 		m.LbSockNat,
 		m.LbSockStats,
 		m.LbSvc,
@@ -187,6 +196,8 @@ type sockPrograms struct {
 	SockConnect6 *ebpf.Program `ebpf:"sock_connect6"`
 	SockGetpeer4 *ebpf.Program `ebpf:"sock_getpeer4"`
 	SockGetpeer6 *ebpf.Program `ebpf:"sock_getpeer6"`
+	SockKillTcp  *ebpf.Program `ebpf:"sock_kill_tcp"`
+	SockKillUdp  *ebpf.Program `ebpf:"sock_kill_udp"`
 	SockRecvmsg4 *ebpf.Program `ebpf:"sock_recvmsg4"`
 	SockRecvmsg6 *ebpf.Program `ebpf:"sock_recvmsg6"`
 	SockSendmsg4 *ebpf.Program `ebpf:"sock_sendmsg4"`
@@ -199,6 +210,8 @@ func (p *sockPrograms) Close() error {
 		p.SockConnect6,
 		p.SockGetpeer4,
 		p.SockGetpeer6,
+		p.SockKillTcp,
+		p.SockKillUdp,
 		p.SockRecvmsg4,
 		p.SockRecvmsg6,
 		p.SockSendmsg4,

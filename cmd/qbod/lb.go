@@ -43,6 +43,7 @@ type lbSystem struct {
 	mirror   *mirror.State
 	drain    time.Duration
 	draining map[uint32]time.Time // backend ID -> when it started draining
+	after    []func()             // run by mutate once a change is committed
 	uplinks  []string
 }
 
@@ -308,10 +309,14 @@ func (s *lbSystem) registerCommands(h *mirror.Hub) {
 			return nil, fmt.Errorf("%w: backend %q: %v", lb.ErrInvalid, a.Backend, err)
 		}
 		svc, b, err := s.state.DeleteBackend(a.Service, addr)
-		if err == nil {
-			s.draining[b.ID] = time.Now()
+		if err != nil {
+			return nil, err
 		}
-		return svc, err
+		s.draining[b.ID] = time.Now()
+		// Once the backend is out of the maps, so that the sockets'
+		// reconnects cannot pick it again.
+		s.after = append(s.after, func() { s.destroySockets(svc, b) })
+		return svc, nil
 	}))
 }
 
@@ -325,10 +330,12 @@ func (s *lbSystem) mutate(fn func(*mirror.Request) (any, error)) mirror.HandlerF
 			return nil, mirror.Errorf(mirror.CodeUnavailable, "load balancer is not running")
 		}
 		before := s.snapshotLocked()
+		s.after = nil
 		res, err := fn(req)
 		if err != nil {
 			return nil, lbError(err)
 		}
+		defer func() { s.after = nil }()
 		if err := s.commitLocked(before); err != nil {
 			s.state.Services = before
 			if _, rerr := s.dp.Sync(s.state.Tables()); rerr != nil {
@@ -336,12 +343,29 @@ func (s *lbSystem) mutate(fn func(*mirror.Request) (any, error)) mirror.HandlerF
 			}
 			return nil, mirror.Errorf(mirror.CodeInternal, "%v", err)
 		}
+		for _, f := range s.after {
+			f()
+		}
 		s.publishLocked(req.Command)
 		if svc, ok := res.(*lb.Service); ok {
 			return view(svc, nil), nil
 		}
 		return map[string]bool{"ok": true}, nil
 	}
+}
+
+// destroySockets terminates the node's sockets that socket LB connected
+// to b, unless the service drains. Flows from outside (XDP) always drain.
+func (s *lbSystem) destroySockets(svc *lb.Service, b lb.Backend) {
+	if svc.Drain || s.sock == nil {
+		return
+	}
+	n, err := s.sock.Destroy(b.ID)
+	if err != nil {
+		s.log.Warn("terminating sockets of a deleted backend", "backend", b.Addr, "err", err)
+		return
+	}
+	s.log.Info("terminated sockets of a deleted backend", "service", svc.Name, "backend", b.Addr, "sockets", n)
 }
 
 func lbError(err error) error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/bits"
 	"net/netip"
+	"slices"
 
 	"github.com/cilium/ebpf"
 
@@ -13,9 +14,17 @@ import (
 	"github.com/qbo/qbo/lb"
 )
 
-// Datapath reads and writes the lb object's maps.
+// Datapath reads and writes the lb object's maps. It owns the allocation
+// of Maglev array ranges: a table change writes a fresh range, switches the
+// service entry to it, then frees the old range. It is not safe for
+// concurrent use.
 type Datapath struct {
-	obj *bpflb.Objects
+	obj     *bpflb.Objects
+	slots   slotAlloc
+	tables  map[uint32]span   // service ID -> its range in use
+	keys    map[uint32]lb.Key // service ID -> its key, for switching
+	pending map[uint32]span   // written by PutMaglev, not yet switched to
+	loaded  bool              // slots/tables reflect the maps (after Read)
 }
 
 // New wraps a loaded object.
@@ -97,44 +106,98 @@ func (d *Datapath) Read() (lb.Tables, error) {
 	if err := it.Err(); err != nil {
 		return t, fmt.Errorf("reading lb_backends: %w", err)
 	}
-	var innerID ebpf.MapID
-	it = d.obj.Maglev().Iterate()
-	for it.Next(&id, &innerID) {
-		tab, err := readInner(innerID)
-		if err != nil {
-			return t, err
-		}
-		t.Maglev[id] = tab
-	}
-	if err := it.Err(); err != nil {
-		return t, fmt.Errorf("reading lb_maglev: %w", err)
+	if err := d.readMaglev(t); err != nil {
+		return t, err
 	}
 	return t, nil
 }
 
-func readInner(id ebpf.MapID) ([]uint32, error) {
-	m, err := ebpf.NewMapFromID(id)
+// maglevStride is the distance between lb_maglev's elements in its memory
+// mapping: the kernel rounds an array's element size up to 8 bytes.
+const maglevStride = 8
+
+// readMaglev reads the whole Maglev array (batched) and slices each
+// service's table out of it; it also rebuilds the range allocator.
+func (d *Datapath) readMaglev(t lb.Tables) error {
+	m := d.obj.Maglev()
+	mem, err := m.Memory()
 	if err != nil {
-		return nil, fmt.Errorf("opening maglev table %d: %w", id, err)
+		return fmt.Errorf("mapping lb_maglev: %w", err)
 	}
-	defer m.Close()
-	tab := make([]uint32, m.MaxEntries())
-	for i := range tab {
-		if err := m.Lookup(uint32(i), &tab[i]); err != nil {
-			return nil, fmt.Errorf("reading maglev table %d: %w", id, err)
+	raw := make([]byte, maglevStride*int(m.MaxEntries()))
+	if _, err := mem.ReadAt(raw, 0); err != nil {
+		return fmt.Errorf("reading lb_maglev: %w", err)
+	}
+	all := make([]uint32, m.MaxEntries())
+	for i := range all {
+		all[i] = binary.LittleEndian.Uint32(raw[maglevStride*i:])
+	}
+	d.slots = slotAlloc{size: m.MaxEntries()}
+	d.tables, d.keys, d.pending = map[uint32]span{}, map[uint32]lb.Key{}, map[uint32]span{}
+	var (
+		k bpflb.SvcKey
+		v bpflb.SvcVal
+	)
+	it := d.obj.Services().Iterate()
+	for it.Next(&k, &v) {
+		if v.Count == 0 || v.TableSize == 0 || uint64(v.Offset)+uint64(v.TableSize) > uint64(len(all)) {
+			continue
 		}
+		s := span{v.Offset, v.TableSize}
+		d.slots.reserve(s)
+		d.tables[v.Id] = s
+		d.keys[v.Id] = lb.Key{VIP: FromAddr4(k.Addr, k.Family), Port: Port(k.Port), Proto: lb.Proto(k.Proto)}
+		t.Maglev[v.Id] = slices.Clone(all[s.off : s.off+s.n])
 	}
-	return tab, nil
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("reading lb_svc: %w", err)
+	}
+	d.loaded = true
+	return nil
 }
 
-// Apply runs ops in order; it stops at the first error.
+// Apply runs ops in order; it stops at the first error. The first call
+// reads the maps (to learn which Maglev ranges are in use).
 func (d *Datapath) Apply(ops []lb.Op) error {
+	if !d.loaded {
+		if _, err := d.Read(); err != nil {
+			return err
+		}
+	}
 	for _, op := range ops {
 		if err := d.apply(op); err != nil {
 			return fmt.Errorf("applying %v: %w", op.Kind, err)
 		}
 	}
+	// A table that changed under an unchanged service entry: switch the
+	// entry to the new range now.
+	for id, s := range d.pending {
+		key, ok := d.keys[id]
+		if !ok {
+			d.slots.free(s)
+			delete(d.pending, id)
+			continue
+		}
+		var v bpflb.SvcVal
+		if err := d.obj.Services().Lookup(SvcKey(key), &v); err != nil {
+			return fmt.Errorf("switching maglev table of service %d: %w", id, err)
+		}
+		v.Offset = s.off
+		if err := d.obj.Services().Put(SvcKey(key), v); err != nil {
+			return fmt.Errorf("switching maglev table of service %d: %w", id, err)
+		}
+		d.commit(id, s)
+	}
 	return nil
+}
+
+// commit makes s the table of service id and frees its previous range.
+func (d *Datapath) commit(id uint32, s span) {
+	if old, ok := d.tables[id]; ok && old != s {
+		d.slots.free(old)
+	}
+	d.tables[id] = s
+	delete(d.pending, id)
 }
 
 func (d *Datapath) apply(op lb.Op) error {
@@ -144,39 +207,67 @@ func (d *Datapath) apply(op lb.Op) error {
 	case lb.PutMaglev:
 		return d.putMaglev(op.ID, op.Table)
 	case lb.PutService:
-		v := bpflb.SvcVal{Id: op.Service.ID, Count: op.Service.Count, TableSize: op.Service.TableSize, Flags: op.Service.Flags}
-		return d.obj.Services().Put(SvcKey(op.Key), v)
+		id := op.Service.ID
+		v := bpflb.SvcVal{Id: id, Count: op.Service.Count, TableSize: op.Service.TableSize, Flags: op.Service.Flags}
+		s, pending := d.pending[id]
+		if !pending {
+			s = d.tables[id]
+		}
+		v.Offset = s.off
+		if err := d.obj.Services().Put(SvcKey(op.Key), v); err != nil {
+			return err
+		}
+		d.keys[id] = op.Key
+		if pending {
+			d.commit(id, s)
+		}
+		return nil
 	case lb.DelService:
+		var v bpflb.SvcVal
+		if err := d.obj.Services().Lookup(SvcKey(op.Key), &v); err == nil && d.keys[v.Id] == op.Key {
+			delete(d.keys, v.Id)
+		}
 		return ignoreMissing(d.obj.Services().Delete(SvcKey(op.Key)))
 	case lb.DelMaglev:
-		return ignoreMissing(d.obj.Maglev().Delete(op.ID))
+		if s, ok := d.tables[op.ID]; ok {
+			d.slots.free(s)
+			delete(d.tables, op.ID)
+		}
+		return nil
 	case lb.DelBackend:
 		return ignoreMissing(d.obj.Backends().Delete(op.ID))
 	}
 	return fmt.Errorf("unknown op %d", op.Kind)
 }
 
-// putMaglev builds a new inner array and swaps it in: a packet sees the old
-// table or the new one, never a half-written one.
+// putMaglev writes the table into a fresh range; the service entry is
+// switched to it by its PutService or at the end of Apply.
 func (d *Datapath) putMaglev(id uint32, table []uint32) error {
-	spec := d.obj.InnerSpec()
-	spec.MaxEntries = uint32(len(table))
-	spec.Name = "lb_mg"
-	// No BTF: loading the object's BTF for every table costs milliseconds.
-	spec.Key, spec.Value = nil, nil
-	m, err := ebpf.NewMap(spec)
+	if old, ok := d.pending[id]; ok {
+		d.slots.free(old)
+		delete(d.pending, id)
+	}
+	s, err := d.slots.alloc(uint32(len(table)))
 	if err != nil {
-		return fmt.Errorf("creating maglev table: %w", err)
+		return err
 	}
-	defer m.Close()
-	keys := make([]uint32, len(table))
-	for i := range keys {
-		keys[i] = uint32(i)
+	mem, err := d.obj.Maglev().Memory()
+	if err != nil {
+		d.slots.free(s)
+		return fmt.Errorf("mapping lb_maglev: %w", err)
 	}
-	if _, err := m.BatchUpdate(keys, table, nil); err != nil {
-		return fmt.Errorf("filling maglev table: %w", err)
+	// The range is unused until the service entry switches to it, so the
+	// plain stores need no ordering against the datapath.
+	raw := make([]byte, maglevStride*len(table))
+	for i, id := range table {
+		binary.LittleEndian.PutUint32(raw[maglevStride*i:], id)
 	}
-	return d.obj.Maglev().Put(id, m)
+	if _, err := mem.WriteAt(raw, maglevStride*int64(s.off)); err != nil {
+		d.slots.free(s)
+		return fmt.Errorf("writing maglev table: %w", err)
+	}
+	d.pending[id] = s
+	return nil
 }
 
 func ignoreMissing(err error) error {

@@ -128,8 +128,20 @@ func (d *daemon) args(extra ...string) []string {
 // /healthz.
 func (d *daemon) start() {
 	d.t.Helper()
+	d.startInNetns("")
+}
+
+// startInNetns is start with qbod inside network namespace ns ("" for the
+// test's own). It uses nsenter, not "ip netns exec": that also gives the
+// process a private /sys, hence a private bpffs whose pins (and links)
+// vanish when qbod exits.
+func (d *daemon) startInNetns(ns string) {
+	d.t.Helper()
 	d.log = &syncBuffer{}
 	d.cmd = exec.Command(filepath.Join(binDir, "qbod"), d.args(d.extra...)...)
+	if ns != "" {
+		d.cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, filepath.Join(binDir, "qbod")}, d.args(d.extra...)...)...)
+	}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -281,39 +280,6 @@ func httpGet(addr string) (string, error) {
 	return strings.TrimSpace(body), nil
 }
 
-// startIn starts the daemon inside network namespace ns (the harness's
-// start, with nsenter in front). Not "ip netns exec": that also gives the
-// process a private /sys, hence a private bpffs whose pins (and links)
-// vanish when qbod exits.
-func (d *daemon) startIn(ns string) {
-	d.t.Helper()
-	d.log = &syncBuffer{}
-	d.cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + ns, filepath.Join(binDir, "qbod")}, d.args(d.extra...)...)...)
-	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	if err := d.cmd.Start(); err != nil {
-		d.t.Fatal(err)
-	}
-	d.done = make(chan struct{})
-	go func() { d.cmd.Wait(); close(d.done) }()
-	client := d.httpClient()
-	deadline := time.After(30 * time.Second)
-	for {
-		if resp, err := client.Get("http://unix/healthz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		select {
-		case <-d.done:
-			d.t.Fatalf("qbod exited during start: %v\n%s", d.cmd.ProcessState, d.log)
-		case <-deadline:
-			d.t.Fatalf("qbod did not answer /healthz within 30s\n%s", d.log)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
 type svcView struct {
 	Name     string `json:"name"`
 	Backends []struct {
@@ -348,7 +314,7 @@ func TestLoadBalancer(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.extra = []string{"--uplink", "up0", "--config", cfg}
-	d.startIn(n.node)
+	d.startInNetns(n.node)
 
 	d.mustQbo("add", "service", "web", "--vip", "10.199.100.1:80/tcp",
 		"--backend", "10.199.1.2:8080", "--backend", "10.199.2.2:8080", "--backend", "10.199.3.2:8080@2")
@@ -565,6 +531,78 @@ print(d.decode(), a[0], a[1])`)
 		}
 	})
 
+	t.Run("deleting a backend terminates node sockets connected to it", func(t *testing.T) {
+		d.mustQbo("add", "service", "kill", "--vip", "10.199.100.2:80/tcp", "--backend", "10.199.1.2:8080")
+		cmd := exec.Command("sh", "-c", `cg=$0 ns=$1; shift; echo $$ > "$cg"/cgroup.procs && exec nsenter --net=/run/netns/"$ns" "$@"`,
+			cg, n.node, "python3", "-c", `import socket
+s = socket.create_connection(("10.199.100.2", 80), timeout=3)
+print("connected", flush=True)
+s.settimeout(30)
+try:
+    print("recv", s.recv(10), flush=True)
+except Exception as e:
+    print(type(e).__name__, flush=True)`)
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		lines := bufio.NewReader(out)
+		if l, _ := lines.ReadString('\n'); l != "connected\n" {
+			t.Fatalf("client: %q", l)
+		}
+		d.mustQbo("add", "backend", "kill", "10.199.2.2:8080")
+		d.mustQbo("delete", "backend", "kill", "10.199.1.2:8080")
+		if l, _ := lines.ReadString('\n'); l != "ConnectionAbortedError\n" {
+			t.Fatalf("socket to the deleted backend: %q, want it aborted", l)
+		}
+	})
+
+	t.Run("with --drain, node sockets to a deleted backend stay", func(t *testing.T) {
+		d.mustQbo("add", "service", "keep", "--vip", "10.199.100.4:80/tcp", "--backend", "10.199.1.2:8080", "--drain")
+		cmd := exec.Command("sh", "-c", `cg=$0 ns=$1; shift; echo $$ > "$cg"/cgroup.procs && exec nsenter --net=/run/netns/"$ns" "$@"`,
+			cg, n.node, "python3", "-c", `import socket, sys
+s = socket.create_connection(("10.199.100.4", 80), timeout=3)
+print("connected", flush=True)
+sys.stdin.readline()
+s.settimeout(5)
+s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+resp = b""
+while True:  # HTTP/1.0: the server closes after the body, which may come in its own segment
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    resp += chunk
+print(resp.decode().split("\r\n\r\n", 1)[1].strip(), flush=True)`)
+		in, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		lines := bufio.NewReader(out)
+		if l, _ := lines.ReadString('\n'); l != "connected\n" {
+			t.Fatalf("client: %q", l)
+		}
+		d.mustQbo("add", "backend", "keep", "10.199.2.2:8080")
+		d.mustQbo("delete", "backend", "keep", "10.199.1.2:8080")
+		io.WriteString(in, "go\n")
+		if l, _ := lines.ReadString('\n'); l != "b1\n" {
+			t.Fatalf("draining socket answered %q, want b1 over the kept connection", l)
+		}
+	})
+
 	t.Run("state survives restarts under load with zero failures", func(t *testing.T) {
 		var ok, failed atomic.Int64
 		var firstErr atomic.Value
@@ -592,7 +630,7 @@ print(d.decode(), a[0], a[1])`)
 		for range 5 {
 			before := ok.Load()
 			d.stop(syscall.SIGTERM)
-			d.startIn(n.node)
+			d.startInNetns(n.node)
 			// Requests were served across this restart: wait for progress.
 			deadline := time.Now().Add(30 * time.Second)
 			for ok.Load() < before+20 && time.Now().Before(deadline) {
@@ -607,7 +645,7 @@ print(d.decode(), a[0], a[1])`)
 		t.Logf("%d requests served across 5 restarts, none failed", ok.Load())
 		out := d.mustQbo("get", "services", "-o", "json")
 		var list []svcView
-		if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 5 {
+		if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 7 {
 			t.Fatalf("services after restarts: %v %s", err, out)
 		}
 	})
