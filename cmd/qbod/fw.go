@@ -318,6 +318,12 @@ func (s *fwSystem) publishLocked(cause string) {
 	s.mirror.Reconcile(objs, cause)
 }
 
+// targets reports whether the committed rule set already names t.
+func (s *fwSystem) targets(t fw.Target) bool {
+	return slices.ContainsFunc(s.set.Rules, func(r fw.Rule) bool { return r.Target == t }) ||
+		slices.ContainsFunc(s.set.Policies, func(p fw.Policy) bool { return p.Target == t })
+}
+
 // resolve maps every target of set to interface names. restoring (at start,
 // or when instances change) tolerates an instance that cannot be resolved
 // (deleted, or not running): its rules are kept and apply to no interface
@@ -342,7 +348,13 @@ func (s *fwSystem) resolve(ctx context.Context, set *fw.RuleSet, restoring bool)
 			return nil, mirror.Errorf(mirror.CodeUnavailable, "instance target %s: the runtime's interface resolver is not wired", t.Name)
 		}
 		names, err := fwInstanceResolver.ResolveIfaces(ctx, t)
-		if err != nil && restoring {
+		if err != nil && !restoring && errors.Is(err, errRuntimeDown) {
+			return nil, mirror.Errorf(mirror.CodeUnavailable, "instance target %s: %v", t.Name, err)
+		}
+		// Only a target this change introduces must resolve: an instance
+		// that an existing rule names and that has gone since must not
+		// block unrelated changes (its rules wait for it, as at start).
+		if err != nil && (restoring || s.targets(t)) {
 			s.log.Warn("firewall target instance is not available; its rules wait for it", "instance", t.Name, "err", err)
 			names = nil
 		} else if err != nil {

@@ -35,11 +35,14 @@ var instanceNetWatchers []func()
 // theRuntime is the one runtime subsystem, for attributePID.
 var theRuntime *runtimeSys
 
+// errRuntimeDown: instance targets cannot be resolved without the runtime.
+var errRuntimeDown = errors.New("the runtime is not running")
+
 // ResolveIfaces gives the host side of an instance's veth pair, where the
 // firewall attaches (the host side's egress is the instance's ingress).
 func (rt *runtimeSys) ResolveIfaces(ctx context.Context, t fw.Target) ([]string, error) {
 	if rt.m == nil {
-		return nil, errors.New("the runtime is not running")
+		return nil, errRuntimeDown
 	}
 	inst, err := rt.m.Get(ctx, t.Name)
 	if err != nil {

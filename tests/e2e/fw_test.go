@@ -410,6 +410,8 @@ func TestFirewallRuleOnOneInstanceLeavesTheOther(t *testing.T) {
 	// The rule follows its instance: recreated, the instance gets a new
 	// veth, and the firewall moves there when the runtime reports it.
 	d.fwQbo("delete", "instance", insts[0].Name)
+	// An instance that a rule names has gone: unrelated changes still apply.
+	d.fwQbo("add", "rule", "unrelated", "--action", "allow", "--proto", "udp", "--port", "53", "--priority", "50")
 	out, errOut, code := d.qbo("add", "instance", insts[0].Name, "-o", "json")
 	if code != 0 || json.Unmarshal([]byte(out), &insts[0]) != nil {
 		t.Fatalf("re-add instance: exit %d\n%s", code, errOut)
