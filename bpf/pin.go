@@ -65,6 +65,36 @@ func SameProgram(l link.Link, prog *ebpf.Program) (bool, error) {
 	return slices.Equal(om, nm), nil
 }
 
+// DetachPinned detaches the link pinned at path, then removes the pin.
+// Only unpinning would leave the program attached until the bpffs inode is
+// freed after an RCU grace period, and for as long as any process still
+// holds the link open; BPF_LINK_DETACH takes the program off its hook
+// before returning. Links whose type cannot be detached explicitly fall
+// back to unpinning. A missing pin is not an error.
+func DetachPinned(path string) error {
+	l, err := LoadPinnedLink(path)
+	if err != nil {
+		return err
+	}
+	var derr error
+	if l != nil {
+		derr = l.Detach()
+		l.Close()
+		// A link whose hook is already gone (interface or cgroup removed)
+		// has nothing left to detach.
+		if errors.Is(derr, ebpf.ErrNotSupported) || errors.Is(derr, unix.ENOLINK) || errors.Is(derr, unix.ENODEV) {
+			derr = nil
+		}
+	}
+	if err := Unlink(path); err != nil {
+		return err
+	}
+	if derr != nil {
+		return fmt.Errorf("detaching %s: %w", path, derr)
+	}
+	return nil
+}
+
 // Unlink removes a pin if it exists. (bpffs refuses names with a dot, so
 // pins in flight use a "_next" suffix.)
 func Unlink(path string) error {

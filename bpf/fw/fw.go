@@ -9,7 +9,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
 	"github.com/qbo/qbo/bpf"
 )
@@ -246,9 +245,4 @@ func (f *Firewall) DetachExcept(keep []string) error {
 	return nil
 }
 
-func unlink(path string) error {
-	if err := unix.Unlink(path); err != nil && !errors.Is(err, unix.ENOENT) {
-		return &os.PathError{Op: "unlink", Path: path, Err: err}
-	}
-	return nil
-}
+func unlink(path string) error { return bpf.DetachPinned(path) }

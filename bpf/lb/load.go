@@ -116,7 +116,7 @@ func (o *Objects) attach(opts Options) error {
 	for _, e := range entries {
 		n := e.Name()
 		if (strings.HasPrefix(n, "lb_xdp_") || strings.HasPrefix(n, "lb_revnat_")) && !want[n] {
-			if err := bpf.Unlink(filepath.Join(dir, n)); err != nil {
+			if err := bpf.DetachPinned(filepath.Join(dir, n)); err != nil {
 				return err
 			}
 		}
@@ -154,7 +154,7 @@ func Detach(pinDir string) error {
 	}
 	for _, e := range entries {
 		if n := e.Name(); strings.HasPrefix(n, "lb_xdp_") || strings.HasPrefix(n, "lb_revnat_") {
-			if err := bpf.Unlink(filepath.Join(dir, n)); err != nil {
+			if err := bpf.DetachPinned(filepath.Join(dir, n)); err != nil {
 				return err
 			}
 		}

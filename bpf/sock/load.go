@@ -88,7 +88,7 @@ func (o *Objects) Close() error {
 // Detach removes the pinned cgroup links.
 func Detach(pinDir string) error {
 	for _, n := range []string{"connect4", "connect6", "sendmsg4", "sendmsg6", "recvmsg4", "recvmsg6", "getpeer4", "getpeer6"} {
-		if err := bpf.Unlink(filepath.Join(bpf.LinksDir(pinDir), "sock_"+n)); err != nil && !os.IsNotExist(err) {
+		if err := bpf.DetachPinned(filepath.Join(bpf.LinksDir(pinDir), "sock_"+n)); err != nil && !os.IsNotExist(err) {
 			return err
 		}
 	}
