@@ -133,6 +133,16 @@ func (t FlowTuple) Hash() uint32 {
 	return fmix(h)
 }
 
+// VIPHash is the datapath's VIP filter hash (lb_vip_hash in bpf/lb/lb.c)
+// over a service's raw address words (as the little-endian CPU loads
+// them), its port (host order here, network order in the packet), its
+// protocol and its family (4 or 6). The filter uses its top bits.
+func VIPHash(addr [16]byte, port uint16, proto Proto, family uint8) uint32 {
+	x := le32(addr[0:]) ^ le32(addr[4:]) ^ le32(addr[8:]) ^ le32(addr[12:])
+	y := uint32(bits.ReverseBytes16(port)) | uint32(proto)<<16 | uint32(family)<<24
+	return uint32((uint64(x)*0x9e3779b97f4a7c15 ^ uint64(y)*0xc2b2ae3d27d4eb4f) >> 32)
+}
+
 // HashSeed seeds the flow hash.
 const HashSeed = 0x9e3779b9
 

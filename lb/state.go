@@ -50,6 +50,10 @@ func (s *State) usedIDs() (svc, be map[uint32]bool) {
 	return svc, be
 }
 
+// MaxBackendIDs is the size of the datapath's backend array (LB_MAX_BACKENDS
+// in bpf/include/lb.h); ID 0 is never used.
+const MaxBackendIDs = 262144
+
 func freeID(used map[uint32]bool) uint32 {
 	for id := uint32(1); ; id++ {
 		if !used[id] {
@@ -92,6 +96,9 @@ func (s *State) AddService(svc Service) (*Service, error) {
 	}
 	c := svc.clone()
 	svcIDs, beIDs := s.usedIDs()
+	if len(beIDs)+len(c.Backends) >= MaxBackendIDs {
+		return nil, fmt.Errorf("%w: the node's backend table is full (%d backends)", ErrInvalid, MaxBackendIDs-1)
+	}
 	c.ID = freeID(svcIDs)
 	for i := range c.Backends {
 		c.Backends[i].ID = freeID(beIDs)
@@ -136,6 +143,9 @@ func (s *State) AddBackend(name string, b Backend) (*Service, error) {
 		c.Draining = slices.Delete(c.Draining, i, i+1)
 	} else {
 		_, beIDs := s.usedIDs()
+		if len(beIDs)+1 >= MaxBackendIDs {
+			return nil, fmt.Errorf("%w: the node's backend table is full (%d backends)", ErrInvalid, MaxBackendIDs-1)
+		}
 		b.ID = freeID(beIDs)
 	}
 	c.Backends = append(c.Backends, b)

@@ -52,7 +52,8 @@ struct lb_backend {
 	__u32 flags;   /* enum lb_backend_flags */
 };
 
-/* A flow as the client sent it (client -> VIP). */
+/* A flow as the client sent it (client -> VIP). 8-aligned: lb.c compares
+ * keys as five 64-bit words. */
 struct lb_flow_key {
 	__be32 saddr[4];
 	__be32 daddr[4];
@@ -61,12 +62,44 @@ struct lb_flow_key {
 	__u8 proto;
 	__u8 family;
 	__u16 pad;
-};
+} __attribute__((aligned(8)));
 
 struct lb_flow {
 	__u32 backend;
 	__u32 service;
 };
+
+/* The flow table (lb_flows2) is set-associative: an array of sets of
+ * LB_FLOW_WAYS entries, the set chosen by the flow hash (the one Maglev
+ * uses), shared by all CPUs. Looking a flow up is an inlined array access
+ * and a few compares, never a hash-map walk; inserting replaces an empty
+ * way or the way least recently used (by the set's clock), so the cost of a
+ * new flow does not change when the table is full (the Maglev paper's
+ * fixed-size connection table). Entries are written without locks: check
+ * covers the key hash, backend and service, so a reader that sees a torn
+ * concurrent write treats the entry as a miss and re-picks by Maglev (the
+ * same backend while the backend set is unchanged). */
+#define LB_FLOW_WAYS 4
+
+struct lb_flow_ent {
+	struct lb_flow_key key;
+	__u32 backend;
+	__u32 service;
+	__u32 used;  /* the set's clock when the entry was last used */
+	__u32 check; /* lb_flow_check(hash, backend, service); 0 = empty */
+};
+
+struct lb_flow_set {
+	struct lb_flow_ent way[LB_FLOW_WAYS];
+	__u32 clock; /* advanced on every insert into the set */
+	__u32 pad;
+};
+
+/* lb_vipf, the VIP filter: bit (lb_vip_hash(addr, port, proto, family) >>
+ * (32 - LB_VIPF_SHIFT)) is set for every service, so most packets that are
+ * not to a service leave after one inlined array read. */
+#define LB_VIPF_SHIFT 20
+#define LB_VIPF_BITS (1 << LB_VIPF_SHIFT)
 
 /* The reply of a NATed flow (backend -> client) maps back to the VIP. */
 struct lb_rnat_val {

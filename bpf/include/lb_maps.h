@@ -18,14 +18,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_svc SEC(".maps");
 
+/* Backends by ID (an array: the lookup is inlined). A free ID's entry is
+ * all zero (family 0, service 0: service IDs start at 1). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, LB_MAX_BACKENDS);
+	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE: lb/datapath reads it through memory */
 	__type(key, __u32);
 	__type(value, struct lb_backend);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_backends SEC(".maps");
+} lb_backends2 SEC(".maps");
+
+static __always_inline struct lb_backend *lb_backend_get(__u32 id)
+{
+	struct lb_backend *be = bpf_map_lookup_elem(&lb_backends2, &id);
+	if (!be || be->service == 0)
+		return 0;
+	return be;
+}
 
 /* Maglev tables: one flat array; service S owns slots [S.offset,
  * S.offset + S.table_size). A table change writes a fresh range and then
@@ -42,7 +52,4 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_maglev SEC(".maps");
 
-/* Flows: per-CPU LRU lists (BPF_F_NO_COMMON_LRU), so that churn on one
- * CPU evicts that CPU's oldest flows instead of contending for a global
- * list. */
 #endif /* QBO_LB_MAPS_H */

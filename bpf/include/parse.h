@@ -205,6 +205,7 @@ static __always_inline int qbo_parse_l4(void *data, void *data_end, struct qbo_p
 		int err = pkt->family == 4 ? qbo_icmp4_is_error(icmp[0]) : qbo_icmp6_is_error(icmp[0]);
 		if (!err)
 			return QBO_PARSE_OK;
+		__builtin_memset(&pkt->inner, 0, sizeof(pkt->inner));
 		int r = qbo_parse_inner(data, data_end, off + 8, pkt->family, &pkt->inner);
 		if (r == QBO_PARSE_OK)
 			pkt->flags |= QBO_PKT_ICMP_ERR;
@@ -299,10 +300,11 @@ static __always_inline int qbo_parse_ipv6(void *data, void *data_end, struct qbo
 	return qbo_parse_l4(data, data_end, pkt);
 }
 
-/* qbo_parse parses the frame in [data, data_end) into *pkt (zeroed here). */
+/* qbo_parse parses the frame in [data, data_end) into *pkt (zeroed here;
+ * pkt->inner only for ICMP errors, the one case that fills it). */
 static __always_inline int qbo_parse(void *data, void *data_end, struct qbo_pkt *pkt)
 {
-	__builtin_memset(pkt, 0, sizeof(*pkt));
+	__builtin_memset(pkt, 0, __builtin_offsetof(struct qbo_pkt, inner));
 	__u8 *eth = qbo_ptr(data, data_end, 0, QBO_ETH_HLEN);
 	if (!eth)
 		return QBO_PARSE_TRUNCATED;

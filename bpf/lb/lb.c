@@ -25,6 +25,11 @@
  *   DSR of a VLAN-tagged frame             DROP   DROP_DSR_VLAN
  *   prefilter says drop                    DROP   DROP_PREFILTER
  *
+ * Flows: the set-associative flow table (lb.h) is looked up first, by a
+ * cheap hash of the 5-tuple, after the VIP filter; a hit needs no service
+ * lookup. A miss looks the service up, picks by Maglev (lb_hash, the
+ * reference hash of lb.FlowTuple.Hash) and records the flow.
+ *
  * NAT (local backends): destination rewritten to the backend, checksums
  * fixed incrementally, then XDP_PASS so that the node's stack routes it to
  * the backend; lb_revnat rewrites the reply's source back to the VIP.
@@ -42,14 +47,27 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #include "lb_maps.h"
 
+/* The flow table (see lb.h): LB_FLOWS / LB_FLOW_WAYS sets. The loader
+ * may size it (a power of two) and sets lb_flow_mask to match. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, LB_FLOWS);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__type(key, struct lb_flow_key);
-	__type(value, struct lb_flow);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_FLOWS / LB_FLOW_WAYS);
+	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE: flow counts are read through memory */
+	__type(key, __u32);
+	__type(value, struct lb_flow_set);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_flows SEC(".maps");
+} lb_flows2 SEC(".maps");
+
+volatile const __u32 lb_flow_mask = LB_FLOWS / LB_FLOW_WAYS - 1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_VIPF_BITS / 64);
+	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE: lb/datapath writes words through memory */
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_vipf SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -133,6 +151,111 @@ static __always_inline __u32 lb_hash(const struct lb_flow_key *k)
 	h *= 0xc2b2ae35;
 	h ^= h >> 16;
 	return h;
+}
+
+
+/* lb_vip_hash: the VIP filter's hash (Go: lb.VIPHash): two multiplies,
+ * the bit is taken from the top. */
+static __always_inline __u32 lb_vip_hash(const __be32 *addr, __be16 port, __u8 proto, __u8 family)
+{
+	__u64 a = (__u64)(addr[0] ^ addr[1] ^ addr[2] ^ addr[3]) * 0x9e3779b97f4a7c15ULL;
+	__u64 b = (__u64)((__u32)port | ((__u32)proto << 16) | ((__u32)family << 24)) * 0xc2b2ae3d27d4eb4fULL;
+	return (__u32)((a ^ b) >> 32);
+}
+
+/* lb_vip_maybe: false when no service has this address, port and
+ * protocol; true means "look the service up". */
+static __always_inline int lb_vip_maybe(const struct qbo_pkt *pkt)
+{
+	__u32 b = lb_vip_hash(pkt->daddr, pkt->dport, pkt->proto, pkt->family) >> (32 - LB_VIPF_SHIFT);
+	__u32 w = b / 64;
+	__u64 *word = bpf_map_lookup_elem(&lb_vipf, &w);
+	return word && (*word & (1ULL << (b % 64)));
+}
+
+/* ---- the flow table (lb.h) ---- */
+
+/* lb_flow_hash chooses a flow's set: five multiplies over the key's
+ * words (a hit never computes the Maglev hash). */
+static __always_inline __u32 lb_flow_hash(const struct lb_flow_key *k)
+{
+	const __u64 *x = (const void *)k;
+	__u64 h = x[0] * 0x9e3779b97f4a7c15ULL ^ x[1] * 0xc2b2ae3d27d4eb4fULL ^ x[2] * 0x165667b19e3779f9ULL ^
+		  x[3] * 0x27d4eb2f165667c5ULL ^ x[4] * 0x94d049bb133111ebULL;
+	return (__u32)(h >> 32) ^ (__u32)h;
+}
+
+static __always_inline __u32 lb_flow_check(__u32 h, __u32 backend, __u32 service)
+{
+	return (h ^ (backend * 0x9e3779b1) ^ (service * 0x85ebca77)) | 1;
+}
+
+static __always_inline int lb_key_eq(const struct lb_flow_key *a, const struct lb_flow_key *b)
+{
+	const __u64 *x = (const void *)a, *y = (const void *)b;
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+static __always_inline struct lb_flow_set *lb_flow_set(__u32 h)
+{
+	__u32 i = h & lb_flow_mask;
+	return bpf_map_lookup_elem(&lb_flows2, &i);
+}
+
+/* lb_flow_find returns the entry of flow k (hash h) in set s, or NULL;
+ * a hit refreshes the entry's recency. */
+static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u32 h)
+{
+	int i;
+#pragma unroll
+	for (i = 0; i < LB_FLOW_WAYS; i++) {
+		struct lb_flow_ent *e = &s->way[i];
+		if (e->check && lb_key_eq(&e->key, k)) {
+			if (e->check != lb_flow_check(h, e->backend, e->service))
+				return 0;
+			__u32 now = s->clock;
+			if (e->used != now)
+				e->used = now;
+			return e;
+		}
+	}
+	return 0;
+}
+
+/* lb_flow_insert records flow k in set s: in an empty way, else in place
+ * of the least recently used one. */
+static __always_inline void lb_flow_insert(struct lb_flow_set *s, const struct lb_flow_key *k, __u32 h,
+					   __u32 backend, __u32 service)
+{
+	__u32 now = s->clock + 1;
+	__u32 victim = 0, best = 0;
+	int i;
+	/* Score: the same flow (a re-pick) > an empty way > the oldest. */
+#pragma unroll
+	for (i = 0; i < LB_FLOW_WAYS; i++) {
+		struct lb_flow_ent *e = &s->way[i];
+		__u32 score;
+		if (!e->check)
+			score = 0xfffffffe;
+		else if (lb_key_eq(&e->key, k))
+			score = 0xffffffff;
+		else
+			score = now - e->used;
+		if (score > best) {
+			best = score;
+			victim = i;
+		}
+	}
+	s->clock = now;
+	struct lb_flow_ent *e = &s->way[victim & (LB_FLOW_WAYS - 1)];
+	e->check = 0;
+	asm volatile("" ::: "memory");
+	e->key = *k;
+	e->backend = backend;
+	e->service = service;
+	e->used = now;
+	asm volatile("" ::: "memory");
+	e->check = lb_flow_check(h, backend, service);
 }
 
 /* ---- checksums (RFC 1624 incremental update; byte-order agnostic as
@@ -366,13 +489,10 @@ static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	k.dport = pkt->inner.sport;
 	k.proto = pkt->inner.proto;
 	k.family = pkt->family;
-	struct lb_flow *f = bpf_map_lookup_elem(&lb_flows, &k);
-	if (!f) {
-		count(LB_ST_PASS_ICMP_ERR_MISS);
-		return XDP_PASS;
-	}
-	__u32 bid = f->backend;
-	struct lb_backend *be = bpf_map_lookup_elem(&lb_backends, &bid);
+	__u32 h = lb_flow_hash(&k);
+	struct lb_flow_set *s = lb_flow_set(h);
+	struct lb_flow_ent *f = s ? lb_flow_find(s, &k, h) : 0;
+	struct lb_backend *be = f ? lb_backend_get(f->backend) : 0;
 	if (!be) {
 		count(LB_ST_PASS_ICMP_ERR_MISS);
 		return XDP_PASS;
@@ -392,16 +512,62 @@ static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	return XDP_PASS;
 }
 
-static __always_inline int lb_pick(struct lb_flow_key *k, const struct lb_svc_val *svc, __u32 *bid)
+static __always_inline int lb_pick(__u32 h, const struct lb_svc_val *svc, __u32 *bid)
 {
 	if (svc->count == 0 || svc->table_size == 0)
 		return -1;
-	__u32 slot = svc->offset + lb_hash(k) % svc->table_size;
+	__u32 slot = svc->offset + h % svc->table_size;
 	__u32 *b = bpf_map_lookup_elem(&lb_maglev, &slot);
 	if (!b || *b == 0)
 		return -1;
 	*bid = *b;
 	return 0;
+}
+
+/* lb_new_flow balances a flow that the flow table does not hold: service
+ * lookup, Maglev pick, record. Returns the backend or NULL with *verdict
+ * set. */
+static __always_inline struct lb_backend *lb_new_flow(struct qbo_pkt *pkt, struct lb_flow_key *k, __u32 h,
+						      struct lb_flow_set *set, __u32 *bid, __u32 *sid, int *verdict)
+{
+	struct lb_svc_key sk = {};
+	__builtin_memcpy(sk.addr, pkt->daddr, 16);
+	sk.port = pkt->dport;
+	sk.proto = pkt->proto;
+	sk.family = pkt->family;
+	struct lb_svc_val *svc = bpf_map_lookup_elem(&lb_svc, &sk);
+	if (!svc) {
+		count(LB_ST_PASS_NO_SERVICE);
+		*verdict = XDP_PASS;
+		return 0;
+	}
+	struct lb_backend *be = 0;
+	if (lb_pick(lb_hash(k), svc, bid) == 0)
+		be = lb_backend_get(*bid);
+	if (!be) {
+		count(LB_ST_DROP_NO_BACKEND);
+		*verdict = XDP_DROP;
+		return 0;
+	}
+	*sid = svc->id;
+	if (set)
+		lb_flow_insert(set, k, h, *bid, svc->id);
+	else
+		count(LB_ST_DROP_FLOW_FULL);
+	if (!(be->flags & LB_BE_DSR)) {
+		struct lb_flow_key rk = {};
+		__builtin_memcpy(rk.saddr, be->addr, 16);
+		__builtin_memcpy(rk.daddr, pkt->saddr, 16);
+		rk.sport = be->port;
+		rk.dport = pkt->sport;
+		rk.proto = pkt->proto;
+		rk.family = pkt->family;
+		struct lb_rnat_val rn = {.vport = pkt->dport};
+		__builtin_memcpy(rn.vip, pkt->daddr, 16);
+		bpf_map_update_elem(&lb_rnat, &rk, &rn, BPF_ANY);
+	}
+	count(LB_ST_NEW_FLOW);
+	return be;
 }
 
 SEC("xdp")
@@ -441,19 +607,13 @@ int lb_xdp(struct xdp_md *ctx)
 	if (pkt.flags & QBO_PKT_ICMP_ERR)
 		return lb_icmp_err(ctx, &pkt);
 
-	struct lb_flow *f;
 	struct lb_backend *be;
-	__u32 bid;
+	__u32 bid, sid;
 	if (pkt.flags & QBO_PKT_FRAG_LATER) {
 		struct lb_frag_key fk;
 		lb_frag_key(&fk, &pkt);
-		f = bpf_map_lookup_elem(&lb_frags, &fk);
-		if (!f) {
-			count(LB_ST_PASS_FRAG_MISS);
-			return XDP_PASS;
-		}
-		bid = f->backend;
-		be = bpf_map_lookup_elem(&lb_backends, &bid);
+		struct lb_flow *f = bpf_map_lookup_elem(&lb_frags, &fk);
+		be = f ? lb_backend_get(f->backend) : 0;
 		if (!be) {
 			count(LB_ST_PASS_FRAG_MISS);
 			return XDP_PASS;
@@ -461,18 +621,7 @@ int lb_xdp(struct xdp_md *ctx)
 		count(LB_ST_FRAG_LATER);
 		return lb_forward(ctx, &pkt, be);
 	}
-	if (!(pkt.flags & QBO_PKT_PORTS)) {
-		count(LB_ST_PASS_NO_SERVICE);
-		return XDP_PASS;
-	}
-
-	struct lb_svc_key sk = {};
-	__builtin_memcpy(sk.addr, pkt.daddr, 16);
-	sk.port = pkt.dport;
-	sk.proto = pkt.proto;
-	sk.family = pkt.family;
-	struct lb_svc_val *svc = bpf_map_lookup_elem(&lb_svc, &sk);
-	if (!svc) {
+	if (!(pkt.flags & QBO_PKT_PORTS) || !lb_vip_maybe(&pkt)) {
 		count(LB_ST_PASS_NO_SERVICE);
 		return XDP_PASS;
 	}
@@ -484,50 +633,33 @@ int lb_xdp(struct xdp_md *ctx)
 	k.dport = pkt.dport;
 	k.proto = pkt.proto;
 	k.family = pkt.family;
+	__u32 h = lb_flow_hash(&k);
 
+	/* An established flow needs no service lookup: its entry names the
+	 * service and backend. A backend that is gone (not merely draining)
+	 * or now belongs to another service loses its flows: pick again. */
 	be = 0;
-	f = bpf_map_lookup_elem(&lb_flows, &k);
-	if (f && f->service == svc->id) {
+	struct lb_flow_set *set = lb_flow_set(h);
+	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h) : 0;
+	if (f) {
 		bid = f->backend;
-		be = bpf_map_lookup_elem(&lb_backends, &bid);
-		/* A backend that is gone (not merely draining) or now belongs
-		 * to another service loses its flows: pick again. */
-		if (be && be->service != svc->id)
+		sid = f->service;
+		be = lb_backend_get(bid);
+		if (be && be->service != sid)
 			be = 0;
 		if (be)
 			count(LB_ST_EST_FLOW);
 	}
 	if (!be) {
-		if (lb_pick(&k, svc, &bid)) {
-			count(LB_ST_DROP_NO_BACKEND);
-			return XDP_DROP;
-		}
-		be = bpf_map_lookup_elem(&lb_backends, &bid);
-		if (!be) {
-			count(LB_ST_DROP_NO_BACKEND);
-			return XDP_DROP;
-		}
-		struct lb_flow nf = {.backend = bid, .service = svc->id};
-		if (bpf_map_update_elem(&lb_flows, &k, &nf, BPF_ANY))
-			count(LB_ST_DROP_FLOW_FULL);
-		if (!(be->flags & LB_BE_DSR)) {
-			struct lb_flow_key rk = {};
-			__builtin_memcpy(rk.saddr, be->addr, 16);
-			__builtin_memcpy(rk.daddr, pkt.saddr, 16);
-			rk.sport = be->port;
-			rk.dport = pkt.sport;
-			rk.proto = pkt.proto;
-			rk.family = pkt.family;
-			struct lb_rnat_val rn = {.vport = pkt.dport};
-			__builtin_memcpy(rn.vip, pkt.daddr, 16);
-			bpf_map_update_elem(&lb_rnat, &rk, &rn, BPF_ANY);
-		}
-		count(LB_ST_NEW_FLOW);
+		int verdict = XDP_PASS;
+		be = lb_new_flow(&pkt, &k, h, set, &bid, &sid, &verdict);
+		if (!be)
+			return verdict;
 	}
 	if (pkt.flags & QBO_PKT_FRAG) {
 		struct lb_frag_key fk;
 		lb_frag_key(&fk, &pkt);
-		struct lb_flow fv = {.backend = bid, .service = svc->id};
+		struct lb_flow fv = {.backend = bid, .service = sid};
 		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
 		count(LB_ST_FRAG_FIRST);
 	}

@@ -29,6 +29,15 @@ type lbLbFlow struct {
 	Service uint32
 }
 
+type lbLbFlowEnt struct {
+	_       structs.HostLayout
+	Key     lbLbFlowKey
+	Backend uint32
+	Service uint32
+	Used    uint32
+	Check   uint32
+}
+
 type lbLbFlowKey struct {
 	_      structs.HostLayout
 	Saddr  [4]uint32
@@ -38,6 +47,13 @@ type lbLbFlowKey struct {
 	Proto  uint8
 	Family uint8
 	Pad    uint16
+}
+
+type lbLbFlowSet struct {
+	_     structs.HostLayout
+	Way   [4]lbLbFlowEnt
+	Clock uint32
+	Pad   uint32
 }
 
 type lbLbFragKey struct {
@@ -100,19 +116,21 @@ type lbQboPfVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lbMapLbBackends = "lb_backends"
-	lbMapLbFlows    = "lb_flows"
-	lbMapLbFrags    = "lb_frags"
-	lbMapLbMaglev   = "lb_maglev"
-	lbMapLbRnat     = "lb_rnat"
-	lbMapLbStats    = "lb_stats"
-	lbMapLbSvc      = "lb_svc"
-	lbMapQboPfStats = "qbo_pf_stats"
-	lbMapQboPfV4    = "qbo_pf_v4"
-	lbMapQboPfV6    = "qbo_pf_v6"
-	lbProgLbDecap   = "lb_decap"
-	lbProgLbRevnat  = "lb_revnat"
-	lbProgLbXdp     = "lb_xdp"
+	lbMapLbBackends2 = "lb_backends2"
+	lbMapLbFlows2    = "lb_flows2"
+	lbMapLbFrags     = "lb_frags"
+	lbMapLbMaglev    = "lb_maglev"
+	lbMapLbRnat      = "lb_rnat"
+	lbMapLbStats     = "lb_stats"
+	lbMapLbSvc       = "lb_svc"
+	lbMapLbVipf      = "lb_vipf"
+	lbMapQboPfStats  = "qbo_pf_stats"
+	lbMapQboPfV4     = "qbo_pf_v4"
+	lbMapQboPfV6     = "qbo_pf_v6"
+	lbProgLbDecap    = "lb_decap"
+	lbProgLbRevnat   = "lb_revnat"
+	lbProgLbXdp      = "lb_xdp"
+	lbVarLbFlowMask  = "lb_flow_mask"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -166,22 +184,24 @@ type lbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbMapSpecs struct {
-	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
-	LbFlows    *ebpf.MapSpec `ebpf:"lb_flows"`
-	LbFrags    *ebpf.MapSpec `ebpf:"lb_frags"`
-	LbMaglev   *ebpf.MapSpec `ebpf:"lb_maglev"`
-	LbRnat     *ebpf.MapSpec `ebpf:"lb_rnat"`
-	LbStats    *ebpf.MapSpec `ebpf:"lb_stats"`
-	LbSvc      *ebpf.MapSpec `ebpf:"lb_svc"`
-	QboPfStats *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
-	QboPfV4    *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
-	QboPfV6    *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
+	LbBackends2 *ebpf.MapSpec `ebpf:"lb_backends2"`
+	LbFlows2    *ebpf.MapSpec `ebpf:"lb_flows2"`
+	LbFrags     *ebpf.MapSpec `ebpf:"lb_frags"`
+	LbMaglev    *ebpf.MapSpec `ebpf:"lb_maglev"`
+	LbRnat      *ebpf.MapSpec `ebpf:"lb_rnat"`
+	LbStats     *ebpf.MapSpec `ebpf:"lb_stats"`
+	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
+	LbVipf      *ebpf.MapSpec `ebpf:"lb_vipf"`
+	QboPfStats  *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
+	QboPfV4     *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
+	QboPfV6     *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
 }
 
 // lbVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbVariableSpecs struct {
+	LbFlowMask *ebpf.VariableSpec `ebpf:"lb_flow_mask"`
 }
 
 // lbObjects contains all objects after they have been loaded into the kernel.
@@ -204,27 +224,29 @@ func (o *lbObjects) Close() error {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbMaps struct {
-	LbBackends *ebpf.Map `ebpf:"lb_backends"`
-	LbFlows    *ebpf.Map `ebpf:"lb_flows"`
-	LbFrags    *ebpf.Map `ebpf:"lb_frags"`
-	LbMaglev   *ebpf.Map `ebpf:"lb_maglev"`
-	LbRnat     *ebpf.Map `ebpf:"lb_rnat"`
-	LbStats    *ebpf.Map `ebpf:"lb_stats"`
-	LbSvc      *ebpf.Map `ebpf:"lb_svc"`
-	QboPfStats *ebpf.Map `ebpf:"qbo_pf_stats"`
-	QboPfV4    *ebpf.Map `ebpf:"qbo_pf_v4"`
-	QboPfV6    *ebpf.Map `ebpf:"qbo_pf_v6"`
+	LbBackends2 *ebpf.Map `ebpf:"lb_backends2"`
+	LbFlows2    *ebpf.Map `ebpf:"lb_flows2"`
+	LbFrags     *ebpf.Map `ebpf:"lb_frags"`
+	LbMaglev    *ebpf.Map `ebpf:"lb_maglev"`
+	LbRnat      *ebpf.Map `ebpf:"lb_rnat"`
+	LbStats     *ebpf.Map `ebpf:"lb_stats"`
+	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
+	LbVipf      *ebpf.Map `ebpf:"lb_vipf"`
+	QboPfStats  *ebpf.Map `ebpf:"qbo_pf_stats"`
+	QboPfV4     *ebpf.Map `ebpf:"qbo_pf_v4"`
+	QboPfV6     *ebpf.Map `ebpf:"qbo_pf_v6"`
 }
 
 func (m *lbMaps) Close() error {
 	return _LbClose(
-		m.LbBackends,
-		m.LbFlows,
+		m.LbBackends2,
+		m.LbFlows2,
 		m.LbFrags,
 		m.LbMaglev,
 		m.LbRnat,
 		m.LbStats,
 		m.LbSvc,
+		m.LbVipf,
 		m.QboPfStats,
 		m.QboPfV4,
 		m.QboPfV6,
@@ -235,6 +257,7 @@ func (m *lbMaps) Close() error {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbVariables struct {
+	LbFlowMask *ebpf.Variable `ebpf:"lb_flow_mask"`
 }
 
 // lbPrograms contains all programs after they have been loaded into the kernel.

@@ -104,7 +104,7 @@ static __always_inline int sock_balance(struct bpf_sock_addr *ctx, int family)
 		return 1;
 	}
 	__u32 id = *bid;
-	struct lb_backend *be = bpf_map_lookup_elem(&lb_backends, &id);
+	struct lb_backend *be = lb_backend_get(id);
 	if (!be || be->family != family) {
 		sock_count(LB_SOCK_NO_BACKEND);
 		return 1;

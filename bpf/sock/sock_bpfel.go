@@ -53,7 +53,7 @@ type sockLbSvcVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	sockMapLbBackends    = "lb_backends"
+	sockMapLbBackends2   = "lb_backends2"
 	sockMapLbMaglev      = "lb_maglev"
 	sockMapLbSockKill    = "lb_sock_kill"
 	sockMapLbSockNat     = "lb_sock_nat"
@@ -129,7 +129,7 @@ type sockProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type sockMapSpecs struct {
-	LbBackends  *ebpf.MapSpec `ebpf:"lb_backends"`
+	LbBackends2 *ebpf.MapSpec `ebpf:"lb_backends2"`
 	LbMaglev    *ebpf.MapSpec `ebpf:"lb_maglev"`
 	LbSockKill  *ebpf.MapSpec `ebpf:"lb_sock_kill"`
 	LbSockNat   *ebpf.MapSpec `ebpf:"lb_sock_nat"`
@@ -163,7 +163,7 @@ func (o *sockObjects) Close() error {
 //
 // It can be passed to loadSockObjects or ebpf.CollectionSpec.LoadAndAssign.
 type sockMaps struct {
-	LbBackends  *ebpf.Map `ebpf:"lb_backends"`
+	LbBackends2 *ebpf.Map `ebpf:"lb_backends2"`
 	LbMaglev    *ebpf.Map `ebpf:"lb_maglev"`
 	LbSockKill  *ebpf.Map `ebpf:"lb_sock_kill"`
 	LbSockNat   *ebpf.Map `ebpf:"lb_sock_nat"`
@@ -173,7 +173,7 @@ type sockMaps struct {
 
 func (m *sockMaps) Close() error {
 	return _SockClose(
-		m.LbBackends,
+		m.LbBackends2,
 		m.LbMaglev,
 		m.LbSockKill,
 		m.LbSockNat,

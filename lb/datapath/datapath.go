@@ -25,6 +25,7 @@ type Datapath struct {
 	keys    map[uint32]lb.Key // service ID -> its key, for switching
 	pending map[uint32]span   // written by PutMaglev, not yet switched to
 	loaded  bool              // slots/tables reflect the maps (after Read)
+	vips    map[uint32]int    // VIP filter bit -> services setting it
 }
 
 // New wraps a loaded object.
@@ -92,24 +93,113 @@ func (d *Datapath) Read() (lb.Tables, error) {
 	if err := it.Err(); err != nil {
 		return t, fmt.Errorf("reading lb_svc: %w", err)
 	}
-	var (
-		id uint32
-		b  bpflb.Backend
-	)
-	it = d.obj.Backends().Iterate()
-	for it.Next(&id, &b) {
-		t.Backends[id] = lb.BackendEntry{
-			Addr:    netip.AddrPortFrom(FromAddr4(b.Addr, b.Family), Port(b.Port)),
-			Service: b.Service, Flags: b.Flags,
-		}
+	if err := d.readBackends(t); err != nil {
+		return t, err
 	}
-	if err := it.Err(); err != nil {
-		return t, fmt.Errorf("reading lb_backends: %w", err)
+	if err := d.rebuildVIPFilter(t); err != nil {
+		return t, err
 	}
 	if err := d.readMaglev(t); err != nil {
 		return t, err
 	}
 	return t, nil
+}
+
+// backendStride is lb_backends2's element size in its memory mapping
+// (28 bytes rounded up to 8).
+const backendStride = 32
+
+// readBackends reads the backend array through its memory mapping (the
+// array has 262,144 slots; a syscall per element would take a second).
+func (d *Datapath) readBackends(t lb.Tables) error {
+	m := d.obj.Backends()
+	mem, err := m.Memory()
+	if err != nil {
+		return fmt.Errorf("mapping lb_backends2: %w", err)
+	}
+	raw := make([]byte, backendStride*int(m.MaxEntries()))
+	if _, err := mem.ReadAt(raw, 0); err != nil {
+		return fmt.Errorf("reading lb_backends2: %w", err)
+	}
+	for id := range m.MaxEntries() {
+		e := raw[backendStride*int(id):]
+		svc := binary.LittleEndian.Uint32(e[20:])
+		if svc == 0 {
+			continue
+		}
+		var w [4]uint32
+		for i := range w {
+			w[i] = binary.LittleEndian.Uint32(e[4*i:])
+		}
+		port := binary.LittleEndian.Uint16(e[16:])
+		t.Backends[id] = lb.BackendEntry{
+			Addr:    netip.AddrPortFrom(FromAddr4(w, e[18]), Port(port)),
+			Service: svc, Flags: binary.LittleEndian.Uint32(e[24:]),
+		}
+	}
+	return nil
+}
+
+// vipBit is the VIP filter bit of a service key (lb_vip_hash in lb.c).
+func vipBit(k lb.Key) uint32 {
+	c := SvcKey(k)
+	var a [16]byte
+	for i := range 4 {
+		binary.LittleEndian.PutUint32(a[4*i:], c.Addr[i])
+	}
+	return lb.VIPHash(a, k.Port, k.Proto, c.Family) >> (32 - vipFilterShift)
+}
+
+// vipFilterShift is LB_VIPF_SHIFT; the filter has 1<<vipFilterShift bits.
+const (
+	vipFilterShift = 20
+	vipFilterBits  = 1 << vipFilterShift
+)
+
+// rebuildVIPFilter recomputes lb_vipf from the services in t.
+func (d *Datapath) rebuildVIPFilter(t lb.Tables) error {
+	d.vips = map[uint32]int{}
+	words := make([]uint64, vipFilterBits/64)
+	for k := range t.Services {
+		b := vipBit(k)
+		d.vips[b]++
+		words[b/64] |= 1 << (b % 64)
+	}
+	mem, err := d.obj.VIPFilter().Memory()
+	if err != nil {
+		return fmt.Errorf("mapping lb_vipf: %w", err)
+	}
+	raw := make([]byte, 8*len(words))
+	for i, w := range words {
+		binary.LittleEndian.PutUint64(raw[8*i:], w)
+	}
+	if _, err := mem.WriteAt(raw, 0); err != nil {
+		return fmt.Errorf("writing lb_vipf: %w", err)
+	}
+	return nil
+}
+
+// setVIPBit sets or clears one filter bit, through memory (an aligned
+// 64-bit store; lb_xdp reads whole words).
+func (d *Datapath) setVIPBit(b uint32, on bool) error {
+	mem, err := d.obj.VIPFilter().Memory()
+	if err != nil {
+		return fmt.Errorf("mapping lb_vipf: %w", err)
+	}
+	var raw [8]byte
+	off := int64(8 * (b / 64))
+	if _, err := mem.ReadAt(raw[:], off); err != nil {
+		return err
+	}
+	w := binary.LittleEndian.Uint64(raw[:])
+	if on {
+		w |= 1 << (b % 64)
+	} else {
+		w &^= 1 << (b % 64)
+	}
+	binary.LittleEndian.PutUint64(raw[:], w)
+	_, err = mem.WriteAt(raw[:], off)
+	return err
 }
 
 // maglevStride is the distance between lb_maglev's elements in its memory
@@ -214,6 +304,18 @@ func (d *Datapath) apply(op lb.Op) error {
 			s = d.tables[id]
 		}
 		v.Offset = s.off
+		// The filter bit goes up before the service entry appears.
+		var old bpflb.SvcVal
+		isNew := d.obj.Services().Lookup(SvcKey(op.Key), &old) != nil
+		if isNew {
+			b := vipBit(op.Key)
+			if d.vips[b] == 0 {
+				if err := d.setVIPBit(b, true); err != nil {
+					return fmt.Errorf("writing lb_vipf: %w", err)
+				}
+			}
+			d.vips[b]++
+		}
 		if err := d.obj.Services().Put(SvcKey(op.Key), v); err != nil {
 			return err
 		}
@@ -227,7 +329,20 @@ func (d *Datapath) apply(op lb.Op) error {
 		if err := d.obj.Services().Lookup(SvcKey(op.Key), &v); err == nil && d.keys[v.Id] == op.Key {
 			delete(d.keys, v.Id)
 		}
-		return ignoreMissing(d.obj.Services().Delete(SvcKey(op.Key)))
+		err := d.obj.Services().Delete(SvcKey(op.Key))
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		// The filter bit goes down after the entry is gone.
+		b := vipBit(op.Key)
+		if d.vips[b]--; d.vips[b] <= 0 {
+			delete(d.vips, b)
+			return d.setVIPBit(b, false)
+		}
+		return nil
 	case lb.DelMaglev:
 		if s, ok := d.tables[op.ID]; ok {
 			d.slots.free(s)
@@ -235,7 +350,8 @@ func (d *Datapath) apply(op lb.Op) error {
 		}
 		return nil
 	case lb.DelBackend:
-		return ignoreMissing(d.obj.Backends().Delete(op.ID))
+		// A free ID's slot is all zero (service 0: no backend).
+		return d.obj.Backends().Put(op.ID, bpflb.Backend{})
 	}
 	return fmt.Errorf("unknown op %d", op.Kind)
 }
@@ -287,19 +403,29 @@ func (d *Datapath) Sync(desired lb.Tables) ([]lb.Op, error) {
 	return ops, d.Apply(ops)
 }
 
-// FlowCounts counts the flow table's entries per backend ID.
+// flowSetSize is sizeof(struct lb_flow_set): the mapping's stride.
+const flowSetSize = 232
+
+// FlowCounts counts the flow table's live entries per backend ID (read
+// through the table's memory mapping).
 func (d *Datapath) FlowCounts() (map[uint32]int, error) {
-	out := map[uint32]int{}
-	var (
-		k bpflb.FlowKey
-		v bpflb.Flow
-	)
-	it := d.obj.Flows().Iterate()
-	for it.Next(&k, &v) {
-		out[v.Backend]++
+	m := d.obj.Flows()
+	mem, err := m.Memory()
+	if err != nil {
+		return nil, fmt.Errorf("mapping lb_flows2: %w", err)
 	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("reading lb_flows: %w", err)
+	raw := make([]byte, flowSetSize*int(m.MaxEntries()))
+	if _, err := mem.ReadAt(raw, 0); err != nil {
+		return nil, fmt.Errorf("reading lb_flows2: %w", err)
+	}
+	out := map[uint32]int{}
+	for off := 0; off < len(raw); off += flowSetSize {
+		for w := range bpflb.FlowWays {
+			e := raw[off+56*w:]
+			if binary.LittleEndian.Uint32(e[52:]) != 0 { // check: in use
+				out[binary.LittleEndian.Uint32(e[40:])]++
+			}
+		}
 	}
 	return out, nil
 }

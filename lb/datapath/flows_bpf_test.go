@@ -1,0 +1,191 @@
+//go:build bpftest
+
+package datapath
+
+import (
+	"encoding/hex"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"testing"
+
+	bpflb "github.com/qbo/qbo/bpf/lb"
+	"github.com/qbo/qbo/lb"
+)
+
+// newSmallEnv is newEnv with a flow table of one set (4 entries).
+func newSmallEnv(t *testing.T) *env {
+	t.Helper()
+	b := make([]byte, 4)
+	for i := range b {
+		b[i] = byte(rand.N(256))
+	}
+	pin := "/sys/fs/bpf/qbo-test-lb-" + hex.EncodeToString(b)
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	obj, err := bpflb.LoadUnattached(bpflb.Options{PinDir: pin, FlowEntries: bpflb.FlowWays})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { obj.Close() })
+	if n := obj.Flows().MaxEntries(); n != 1 {
+		t.Fatalf("flow table has %d sets, want 1", n)
+	}
+	return &env{t: t, obj: obj, dp: New(obj), state: lb.NewState()}
+}
+
+func (e *env) flowSet() bpflb.FlowSet {
+	e.t.Helper()
+	var s bpflb.FlowSet
+	if err := e.obj.Flows().Lookup(uint32(0), &s); err != nil {
+		e.t.Fatal(err)
+	}
+	return s
+}
+
+// inSet reports which client ports the set holds.
+func (e *env) inSet() map[uint16]bool {
+	out := map[uint16]bool{}
+	for _, w := range e.flowSet().Way {
+		if w.Check != 0 {
+			out[Port(w.Key.Sport)] = true
+		}
+	}
+	return out
+}
+
+// TestFlowTableReplacesLeastRecentlyUsed fills the one set, touches the
+// oldest flow, and checks that a fifth flow replaces the least recently
+// used one; the flows kept stay where they were (no new pick).
+func TestFlowTableReplacesLeastRecentlyUsed(t *testing.T) {
+	e := newSmallEnv(t)
+	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP,
+		Backends: []lb.Backend{be("10.199.1.2:80"), be("10.199.2.2:80")}})
+	pkt := func(sp uint16) []byte { return pktSpec{src: client4, dst: vip4, sport: sp, dport: 80, proto: 6}.bytes() }
+	for sp := uint16(1001); sp <= 1004; sp++ {
+		e.run(pkt(sp))
+	}
+	if got := e.inSet(); len(got) != 4 {
+		t.Fatalf("set holds %v, want 4 flows", got)
+	}
+	e.run(pkt(1001)) // 1002 is now the least recently used
+	newBefore := e.stat("new_flow")
+	e.run(pkt(1005))
+	got := e.inSet()
+	if got[1002] || !got[1001] || !got[1003] || !got[1004] || !got[1005] {
+		t.Fatalf("after a fifth flow the set holds %v, want 1001 1003 1004 1005", got)
+	}
+	if n := e.stat("new_flow") - newBefore; n != 1 {
+		t.Fatalf("%d new flows, want 1", n)
+	}
+	// A re-picked flow reuses its own entry instead of taking a second.
+	if err := e.state.DeleteService("web"); err != nil {
+		t.Fatal(err)
+	}
+	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP,
+		Backends: []lb.Backend{be("10.199.3.2:80")}})
+	e.run(pkt(1005))
+	n := 0
+	for _, w := range e.flowSet().Way {
+		if w.Check != 0 && Port(w.Key.Sport) == 1005 {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("flow 1005 has %d entries after a re-pick, want 1", n)
+	}
+}
+
+// TestFlowTableTornEntryIsAMiss writes an entry whose check does not match
+// its content (what a reader sees in the middle of a concurrent write):
+// the packet must not use it, and is balanced as a new flow.
+func TestFlowTableTornEntryIsAMiss(t *testing.T) {
+	e := newSmallEnv(t)
+	svc := e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP,
+		Backends: []lb.Backend{be("10.199.1.2:80"), be("10.199.2.2:80")}})
+	frame := pktSpec{src: client4, dst: vip4, sport: 2000, dport: 80, proto: 6}.bytes()
+	_, out := e.run(frame)
+	picked, _ := dst(t, out, 4)
+	s := e.flowSet()
+	var way int = -1
+	for i, w := range s.Way {
+		if w.Check != 0 {
+			way = i
+		}
+	}
+	if way < 0 {
+		t.Fatal("flow not recorded")
+	}
+	// The other backend of the same service (a valid entry but for the
+	// check, which was computed for the first).
+	other := svc.Backends[0].ID
+	if other == s.Way[way].Backend {
+		other = svc.Backends[1].ID
+	}
+	s.Way[way].Backend = other
+	if err := e.obj.Flows().Put(uint32(0), s); err != nil {
+		t.Fatal(err)
+	}
+	newBefore, estBefore := e.stat("new_flow"), e.stat("est_flow")
+	_, out = e.run(frame)
+	if a, _ := dst(t, out, 4); a != picked {
+		t.Fatalf("forwarded to %v, Maglev picks %v", a, picked)
+	}
+	if e.stat("new_flow") != newBefore+1 || e.stat("est_flow") != estBefore {
+		t.Fatalf("torn entry was used as an established flow")
+	}
+}
+
+// TestVIPFilter checks that the filter bits follow the services: a packet
+// to a deleted service's VIP passes untouched, and a filter bit shared by
+// two services stays set while one of them remains.
+func TestVIPFilter(t *testing.T) {
+	e := newEnv(t)
+	keys := map[uint32][]lb.Key{}
+	var a, b lb.Key
+	// Find two service keys that share a filter bit.
+	for i := 0; ; i++ {
+		k := lb.Key{VIP: netip.AddrFrom4([4]byte{10, 199, byte(i >> 8), byte(i)}), Port: 80, Proto: lb.TCP}
+		bit := vipBit(k)
+		keys[bit] = append(keys[bit], k)
+		if len(keys[bit]) == 2 {
+			a, b = keys[bit][0], keys[bit][1]
+			break
+		}
+	}
+	for i, k := range []lb.Key{a, b} {
+		e.add(lb.Service{Name: []string{"a", "b"}[i], VIP: netip.AddrPortFrom(k.VIP, 80), Proto: lb.TCP,
+			Backends: []lb.Backend{be("10.199.1.2:8080")}})
+	}
+	to := func(k lb.Key) netip.Addr {
+		_, out := e.run(pktSpec{src: client4, dst: k.VIP, sport: 3000, dport: 80, proto: 6}.bytes())
+		d, _ := dst(t, out, 4)
+		return d
+	}
+	if to(a) != netip.MustParseAddr("10.199.1.2") || to(b) != netip.MustParseAddr("10.199.1.2") {
+		t.Fatal("services not balanced")
+	}
+	if err := e.state.DeleteService("a"); err != nil {
+		t.Fatal(err)
+	}
+	e.sync()
+	if got := to(a); got != a.VIP {
+		t.Fatalf("packet to deleted service went to %v", got)
+	}
+	if to(b) != netip.MustParseAddr("10.199.1.2") {
+		t.Fatal("service sharing the deleted one's filter bit is no longer balanced")
+	}
+	// Rebuilt from the maps (a restarted qbod), the filter is the same.
+	if _, err := New(e.obj).Read(); err != nil {
+		t.Fatal(err)
+	}
+	if to(b) != netip.MustParseAddr("10.199.1.2") {
+		t.Fatal("rebuilt filter lost a service")
+	}
+	if err := e.state.DeleteService("b"); err != nil {
+		t.Fatal(err)
+	}
+	e.sync()
+	if got := to(b); got != b.VIP {
+		t.Fatalf("packet to deleted service went to %v", got)
+	}
+}
