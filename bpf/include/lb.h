@@ -85,14 +85,18 @@ struct lb_flow_ent {
 	struct lb_flow_key key;
 	__u32 backend;
 	__u32 service;
-	__u32 used;  /* the set's clock when the entry was last used */
-	__u32 check; /* lb_flow_check(hash, backend, service); 0 = empty */
 };
 
+/* A set is 256 bytes: the header (first cache line) holds each way's tag
+ * and recency, so a lookup that misses reads one cache line, and a hit
+ * reads one more. */
 struct lb_flow_set {
+	__u32 tag[LB_FLOW_WAYS];   /* high half of the flow hash, | 1; 0 = empty */
+	__u32 check[LB_FLOW_WAYS]; /* lb_flow_check(tag, backend, service) */
+	__u32 used[LB_FLOW_WAYS];  /* the set's clock when the way was last used */
+	__u32 clock;               /* advanced on every insert into the set */
+	__u32 pad[3];
 	struct lb_flow_ent way[LB_FLOW_WAYS];
-	__u32 clock; /* advanced on every insert into the set */
-	__u32 pad;
 };
 
 /* lb_vipf, the VIP filter: bit (lb_vip_hash(addr, port, proto, family) >>

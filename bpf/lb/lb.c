@@ -175,19 +175,22 @@ static __always_inline int lb_vip_maybe(const struct qbo_pkt *pkt)
 
 /* ---- the flow table (lb.h) ---- */
 
-/* lb_flow_hash chooses a flow's set: five multiplies over the key's
- * words (a hit never computes the Maglev hash). */
-static __always_inline __u32 lb_flow_hash(const struct lb_flow_key *k)
+/* lb_flow_hash: five multiplies over the key's words (a hit never
+ * computes the Maglev hash). The low half chooses the set, the high half
+ * is the tag. */
+static __always_inline __u64 lb_flow_hash(const struct lb_flow_key *k)
 {
 	const __u64 *x = (const void *)k;
 	__u64 h = x[0] * 0x9e3779b97f4a7c15ULL ^ x[1] * 0xc2b2ae3d27d4eb4fULL ^ x[2] * 0x165667b19e3779f9ULL ^
 		  x[3] * 0x27d4eb2f165667c5ULL ^ x[4] * 0x94d049bb133111ebULL;
-	return (__u32)(h >> 32) ^ (__u32)h;
+	return h ^ (h >> 29);
 }
 
-static __always_inline __u32 lb_flow_check(__u32 h, __u32 backend, __u32 service)
+static __always_inline __u32 lb_flow_tag(__u64 h) { return (__u32)(h >> 32) | 1; }
+
+static __always_inline __u32 lb_flow_check(__u32 tag, __u32 backend, __u32 service)
 {
-	return (h ^ (backend * 0x9e3779b1) ^ (service * 0x85ebca77)) | 1;
+	return tag ^ (backend * 0x9e3779b1) ^ (service * 0x85ebca77);
 }
 
 static __always_inline int lb_key_eq(const struct lb_flow_key *a, const struct lb_flow_key *b)
@@ -196,66 +199,71 @@ static __always_inline int lb_key_eq(const struct lb_flow_key *a, const struct l
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
-static __always_inline struct lb_flow_set *lb_flow_set(__u32 h)
+static __always_inline struct lb_flow_set *lb_flow_set(__u64 h)
 {
-	__u32 i = h & lb_flow_mask;
+	__u32 i = (__u32)h & lb_flow_mask;
 	return bpf_map_lookup_elem(&lb_flows2, &i);
 }
 
 /* lb_flow_find returns the entry of flow k (hash h) in set s, or NULL;
- * a hit refreshes the entry's recency. */
-static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u32 h)
+ * a hit refreshes the way's recency. An entry whose check does not match
+ * its content is being written by another CPU: a miss. */
+static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h)
 {
+	__u32 tag = lb_flow_tag(h);
 	int i;
 #pragma unroll
 	for (i = 0; i < LB_FLOW_WAYS; i++) {
+		if (s->tag[i] != tag)
+			continue;
 		struct lb_flow_ent *e = &s->way[i];
-		if (e->check && lb_key_eq(&e->key, k)) {
-			if (e->check != lb_flow_check(h, e->backend, e->service))
-				return 0;
-			__u32 now = s->clock;
-			if (e->used != now)
-				e->used = now;
-			return e;
-		}
+		if (!lb_key_eq(&e->key, k))
+			continue;
+		if (s->check[i] != lb_flow_check(tag, e->backend, e->service))
+			return 0;
+		__u32 now = s->clock;
+		if (s->used[i] != now)
+			s->used[i] = now;
+		return e;
 	}
 	return 0;
 }
 
-/* lb_flow_insert records flow k in set s: in an empty way, else in place
- * of the least recently used one. */
-static __always_inline void lb_flow_insert(struct lb_flow_set *s, const struct lb_flow_key *k, __u32 h,
+/* lb_flow_insert records flow k in set s: in its own way (a re-pick), else
+ * an empty one, else in place of the least recently used. */
+static __always_inline void lb_flow_insert(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h,
 					   __u32 backend, __u32 service)
 {
+	__u32 tag = lb_flow_tag(h);
 	__u32 now = s->clock + 1;
 	__u32 victim = 0, best = 0;
 	int i;
-	/* Score: the same flow (a re-pick) > an empty way > the oldest. */
 #pragma unroll
 	for (i = 0; i < LB_FLOW_WAYS; i++) {
-		struct lb_flow_ent *e = &s->way[i];
 		__u32 score;
-		if (!e->check)
+		if (!s->tag[i])
 			score = 0xfffffffe;
-		else if (lb_key_eq(&e->key, k))
+		else if (s->tag[i] == tag && lb_key_eq(&s->way[i].key, k))
 			score = 0xffffffff;
 		else
-			score = now - e->used;
+			score = now - s->used[i];
 		if (score > best) {
 			best = score;
 			victim = i;
 		}
 	}
+	victim &= LB_FLOW_WAYS - 1;
 	s->clock = now;
-	struct lb_flow_ent *e = &s->way[victim & (LB_FLOW_WAYS - 1)];
-	e->check = 0;
+	struct lb_flow_ent *e = &s->way[victim];
+	s->tag[victim] = 0;
 	asm volatile("" ::: "memory");
 	e->key = *k;
 	e->backend = backend;
 	e->service = service;
-	e->used = now;
+	s->used[victim] = now;
+	s->check[victim] = lb_flow_check(tag, backend, service);
 	asm volatile("" ::: "memory");
-	e->check = lb_flow_check(h, backend, service);
+	s->tag[victim] = tag;
 }
 
 /* ---- checksums (RFC 1624 incremental update; byte-order agnostic as
@@ -489,7 +497,7 @@ static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	k.dport = pkt->inner.sport;
 	k.proto = pkt->inner.proto;
 	k.family = pkt->family;
-	__u32 h = lb_flow_hash(&k);
+	__u64 h = lb_flow_hash(&k);
 	struct lb_flow_set *s = lb_flow_set(h);
 	struct lb_flow_ent *f = s ? lb_flow_find(s, &k, h) : 0;
 	struct lb_backend *be = f ? lb_backend_get(f->backend) : 0;
@@ -527,7 +535,7 @@ static __always_inline int lb_pick(__u32 h, const struct lb_svc_val *svc, __u32 
 /* lb_new_flow balances a flow that the flow table does not hold: service
  * lookup, Maglev pick, record. Returns the backend or NULL with *verdict
  * set. */
-static __always_inline struct lb_backend *lb_new_flow(struct qbo_pkt *pkt, struct lb_flow_key *k, __u32 h,
+static __always_inline struct lb_backend *lb_new_flow(struct qbo_pkt *pkt, struct lb_flow_key *k, __u64 h,
 						      struct lb_flow_set *set, __u32 *bid, __u32 *sid, int *verdict)
 {
 	struct lb_svc_key sk = {};
@@ -633,7 +641,7 @@ int lb_xdp(struct xdp_md *ctx)
 	k.dport = pkt.dport;
 	k.proto = pkt.proto;
 	k.family = pkt.family;
-	__u32 h = lb_flow_hash(&k);
+	__u64 h = lb_flow_hash(&k);
 
 	/* An established flow needs no service lookup: its entry names the
 	 * service and backend. A backend that is gone (not merely draining)

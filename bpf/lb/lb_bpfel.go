@@ -34,8 +34,6 @@ type lbLbFlowEnt struct {
 	Key     lbLbFlowKey
 	Backend uint32
 	Service uint32
-	Used    uint32
-	Check   uint32
 }
 
 type lbLbFlowKey struct {
@@ -51,9 +49,12 @@ type lbLbFlowKey struct {
 
 type lbLbFlowSet struct {
 	_     structs.HostLayout
-	Way   [4]lbLbFlowEnt
+	Tag   [4]uint32
+	Check [4]uint32
+	Used  [4]uint32
 	Clock uint32
-	Pad   uint32
+	Pad   [3]uint32
+	Way   [4]lbLbFlowEnt
 }
 
 type lbLbFragKey struct {

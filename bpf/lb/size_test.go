@@ -13,8 +13,8 @@ func TestStructSizes(t *testing.T) {
 		"lb_backend":  {unsafe.Sizeof(Backend{}), 28},
 		"lb_flow_key": {unsafe.Sizeof(FlowKey{}), 40},
 		"lb_flow":     {unsafe.Sizeof(Flow{}), 8},
-		"lb_flow_ent": {unsafe.Sizeof(FlowEnt{}), 56},
-		"lb_flow_set": {unsafe.Sizeof(FlowSet{}), 232},
+		"lb_flow_ent": {unsafe.Sizeof(FlowEnt{}), 48},
+		"lb_flow_set": {unsafe.Sizeof(FlowSet{}), 256},
 		"lb_rnat_val": {unsafe.Sizeof(RevNATVal{}), 20},
 		"lb_frag_key": {unsafe.Sizeof(FragKey{}), 40},
 	} {

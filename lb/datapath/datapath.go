@@ -403,8 +403,14 @@ func (d *Datapath) Sync(desired lb.Tables) ([]lb.Op, error) {
 	return ops, d.Apply(ops)
 }
 
-// flowSetSize is sizeof(struct lb_flow_set): the mapping's stride.
-const flowSetSize = 232
+// The layout of struct lb_flow_set in the mapping: a 64-byte header
+// (tags, checks, recency, clock) and four 48-byte entries.
+const (
+	flowSetSize   = 256
+	flowHeader    = 64
+	flowEntSize   = 48
+	flowEntBackOf = 40
+)
 
 // FlowCounts counts the flow table's live entries per backend ID (read
 // through the table's memory mapping).
@@ -421,9 +427,8 @@ func (d *Datapath) FlowCounts() (map[uint32]int, error) {
 	out := map[uint32]int{}
 	for off := 0; off < len(raw); off += flowSetSize {
 		for w := range bpflb.FlowWays {
-			e := raw[off+56*w:]
-			if binary.LittleEndian.Uint32(e[52:]) != 0 { // check: in use
-				out[binary.LittleEndian.Uint32(e[40:])]++
+			if binary.LittleEndian.Uint32(raw[off+4*w:]) != 0 { // tag: in use
+				out[binary.LittleEndian.Uint32(raw[off+flowHeader+flowEntSize*w+flowEntBackOf:])]++
 			}
 		}
 	}

@@ -45,8 +45,9 @@ func (e *env) flowSet() bpflb.FlowSet {
 // inSet reports which client ports the set holds.
 func (e *env) inSet() map[uint16]bool {
 	out := map[uint16]bool{}
-	for _, w := range e.flowSet().Way {
-		if w.Check != 0 {
+	s := e.flowSet()
+	for i, w := range s.Way {
+		if s.Tag[i] != 0 {
 			out[Port(w.Key.Sport)] = true
 		}
 	}
@@ -85,8 +86,9 @@ func TestFlowTableReplacesLeastRecentlyUsed(t *testing.T) {
 		Backends: []lb.Backend{be("10.199.3.2:80")}})
 	e.run(pkt(1005))
 	n := 0
-	for _, w := range e.flowSet().Way {
-		if w.Check != 0 && Port(w.Key.Sport) == 1005 {
+	set := e.flowSet()
+	for i, w := range set.Way {
+		if set.Tag[i] != 0 && Port(w.Key.Sport) == 1005 {
 			n++
 		}
 	}
@@ -107,8 +109,8 @@ func TestFlowTableTornEntryIsAMiss(t *testing.T) {
 	picked, _ := dst(t, out, 4)
 	s := e.flowSet()
 	var way int = -1
-	for i, w := range s.Way {
-		if w.Check != 0 {
+	for i := range s.Way {
+		if s.Tag[i] != 0 {
 			way = i
 		}
 	}
