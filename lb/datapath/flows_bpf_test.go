@@ -61,7 +61,9 @@ func TestFlowTableReplacesLeastRecentlyUsed(t *testing.T) {
 	e := newSmallEnv(t)
 	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP,
 		Backends: []lb.Backend{be("10.199.1.2:80"), be("10.199.2.2:80")}})
-	pkt := func(sp uint16) []byte { return pktSpec{src: client4, dst: vip4, sport: sp, dport: 80, proto: 6}.bytes() }
+	pkt := func(sp uint16) []byte {
+		return pktSpec{src: client4, dst: vip4, sport: sp, dport: 80, proto: 6}.bytes()
+	}
 	for sp := uint16(1001); sp <= 1004; sp++ {
 		e.run(pkt(sp))
 	}
