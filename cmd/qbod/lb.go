@@ -134,7 +134,9 @@ func (s *lbSystem) stop() {
 	defer s.mu.Unlock()
 	if s.obj != nil {
 		s.obj.Close()
-		s.obj = nil
+		// Commands that arrive while qbod stops answer "unavailable",
+		// not errors from closed maps.
+		s.obj, s.dp = nil, nil
 	}
 	if s.sock != nil {
 		s.sock.Close()
@@ -268,6 +270,8 @@ type backendArgs struct {
 	Backend string `json:"backend"` // IP:PORT[@WEIGHT]
 }
 
+// decodeBackend decodes the arguments of add and delete backend, which both
+// need a service and a backend.
 func decodeBackend(req *mirror.Request) (backendArgs, error) {
 	var a backendArgs
 	if err := req.Decode(&a); err != nil {
