@@ -14,7 +14,7 @@ func init() {
 		return []subcommand{
 			{"add", addRuleCommand(g)},
 			{"get", getCommand(g, "rules", "firewall rules with their packet and byte counters", printRules)},
-			{"get", getCommand(g, "policies", "firewall default policies", printPolicies)},
+			{"get", policiesCommand(g)},
 			{"delete", deleteRuleCommand(g)},
 			{"set", setPolicyCommand(g)},
 			{"add", prefilterCommand(g, "add")},
@@ -55,6 +55,14 @@ func printRules(w io.Writer, list []json.RawMessage) error {
 		return fmt.Sprintf("%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d", r.Name, r.Priority, act, r.Direction,
 			orAny(r.Src), orAny(r.Dst), orAny(r.Proto), orAny(r.Port), r.Target, r.Packets, r.Bytes)
 	})
+}
+
+// policiesCommand is "get policies [TARGET]": the name of a policy is its
+// target.
+func policiesCommand(g *globals) *cobra.Command {
+	cmd := getCommand(g, "policies", "firewall default policies, or those of TARGET (node, iface:IF or instance:NAME)", printPolicies)
+	cmd.Use = "policies [TARGET]"
+	return cmd
 }
 
 func printPolicies(w io.Writer, list []json.RawMessage) error {
@@ -132,9 +140,22 @@ func setPolicyCommand(g *globals) *cobra.Command {
 	var action, direction, iface, instance string
 	var reevaluate bool
 	cmd := &cobra.Command{
-		Use:   "policy --action allow|deny [--direction ingress|egress] [--iface IF | --instance NAME] [--reevaluate=true|false]",
-		Short: "set a firewall target's default policy (taken when no rule matches)",
-		Args:  noArgs,
+		Use:   "policy {--action allow|deny [--direction ingress|egress] [--iface IF | --instance NAME] | --reevaluate=true|false}",
+		Short: "set a firewall target's default policy (taken when no rule matches), or whether established flows are re-evaluated",
+		Long: `Set a firewall target's default policy, taken when no rule matches: the
+node's (the default), one interface's (--iface) or a container's or
+instance's (--instance), for traffic into it (--direction ingress, the
+default) or out of it (egress).
+
+--reevaluate=true makes established connections subject to rule changes:
+a connection created under an older rule set is classified again by the
+current one on its next packet (with false, the default, rule changes
+apply to new connections only, as with iptables and conntrack). This
+setting is node-wide: one switch for every tracked flow, not per target or
+direction. Given alone it changes only that setting, and --direction,
+--iface and --instance are refused; given with --action it is set as well
+as the target's policy.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			re := cmd.Flags().Changed("reevaluate")
 			if action == "" && !re {
@@ -143,7 +164,17 @@ func setPolicyCommand(g *globals) *cobra.Command {
 			if iface != "" && instance != "" {
 				return usageError{fmt.Errorf("--iface and --instance are exclusive")}
 			}
-			req := map[string]any{"action": action, "direction": direction, "iface": iface, "instance": instance}
+			// Only what was given: with --reevaluate alone, qbod refuses a
+			// direction or target rather than ignore it.
+			req := map[string]any{}
+			for name, v := range map[string]string{"action": action, "iface": iface, "instance": instance} {
+				if v != "" {
+					req[name] = v
+				}
+			}
+			if cmd.Flags().Changed("direction") {
+				req["direction"] = direction
+			}
 			if re {
 				req["reevaluate"] = reevaluate
 			}
@@ -163,7 +194,7 @@ func setPolicyCommand(g *globals) *cobra.Command {
 	f.StringVar(&direction, "direction", "ingress", "ingress or egress")
 	f.StringVar(&iface, "iface", "", "the interface (default: the whole node)")
 	f.StringVar(&instance, "instance", "", "the container or instance")
-	f.BoolVar(&reevaluate, "reevaluate", false, "judge established connections by rule changes too")
+	f.BoolVar(&reevaluate, "reevaluate", false, "judge established connections by rule changes too (node-wide)")
 	return cmd
 }
 

@@ -37,6 +37,25 @@ type getArgs struct {
 	Name string `json:"name,omitempty"`
 }
 
+// required is the error of a command whose argument field is absent or
+// empty: "bad_request", not the "not_found" a lookup of "" would give.
+func required(req *mirror.Request, field, value string) error {
+	if value == "" {
+		return mirror.Errorf(mirror.CodeBadRequest, "%s: %s is required", req.Command, field)
+	}
+	return nil
+}
+
+// decodeName decodes the arguments of a command on one named object
+// (delete rule NAME, ...), whose name is required.
+func decodeName(req *mirror.Request) (string, error) {
+	var a getArgs
+	if err := req.Decode(&a); err != nil {
+		return "", err
+	}
+	return a.Name, required(req, "name", a.Name)
+}
+
 func (d *daemon) registerCommands() {
 	d.hub.Handle("version", func(context.Context, *mirror.Request) (any, error) {
 		var u unix.Utsname

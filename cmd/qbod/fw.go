@@ -77,6 +77,7 @@ type fwSystem struct {
 	owners  map[string]string // host-side interface -> instance/container name
 	ownRing bool              // the ring is ours to read (telemetry is off)
 	events  uint64
+	downErr error // why start failed, for the commands' "unavailable"
 }
 
 // ruleView is a rule as the mirror and "get rules" show it.
@@ -137,7 +138,14 @@ func ruleKey(name string) string { return "rule/" + name }
 
 func policyKey(p fw.Policy) string { return "policy/" + p.Target.String() + "/" + string(p.Direction) }
 
-func (s *fwSystem) start(ctx context.Context, d *daemon, wg *sync.WaitGroup) error {
+func (s *fwSystem) start(ctx context.Context, d *daemon, wg *sync.WaitGroup) (err error) {
+	defer func() {
+		if err != nil {
+			s.mu.Lock()
+			s.downErr = err
+			s.mu.Unlock()
+		}
+	}()
 	s.log = d.log.With("subsystem", "firewall")
 	s.dir = d.cfg.StateDir
 	s.uplinks = d.cfg.Uplinks
@@ -581,12 +589,12 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 		return set.WithRule(r), viewRule(r, datapath.Counter{}), nil
 	}))
 	h.Handle("delete rule", s.mutate(func(req *mirror.Request, set fw.RuleSet) (fw.RuleSet, any, error) {
-		var a getArgs
-		if err := req.Decode(&a); err != nil {
+		name, err := decodeName(req)
+		if err != nil {
 			return set, nil, err
 		}
-		out, err := set.WithoutRule(a.Name)
-		return out, map[string]string{"deleted": a.Name}, err
+		out, err := set.WithoutRule(name)
+		return out, map[string]string{"deleted": name}, err
 	}))
 	h.Handle("set policy", s.mutate(func(req *mirror.Request, set fw.RuleSet) (fw.RuleSet, any, error) {
 		var a policyArgs
@@ -597,6 +605,16 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 			set = set.Clone()
 			set.Reevaluate = *a.Reevaluate
 			if a.Action == "" {
+				// Re-evaluation is one switch for every tracked flow of
+				// the node (bpf/fw's config), as conntrack is one table
+				// for all of iptables: it cannot be scoped to a target or
+				// a direction, so naming one is refused, not ignored.
+				for _, f := range []struct{ name, value string }{{"direction", a.Direction}, {"iface", a.Iface}, {"instance", a.Instance}} {
+					if f.value != "" {
+						return set, nil, mirror.Errorf(mirror.CodeBadRequest,
+							"set policy: reevaluate is node-wide and takes no %s; %s applies only with an action", f.name, f.name)
+					}
+				}
 				return set, map[string]bool{"reevaluate": set.Reevaluate}, nil
 			}
 		}
@@ -614,15 +632,10 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 		}
 		return set.WithPolicy(p), policyView{Kind: "policy", Target: p.Target.String(), Direction: string(p.Direction), Action: string(p.Action)}, nil
 	}))
-	h.Handle("get rules", func(_ context.Context, req *mirror.Request) (any, error) {
+	h.Handle("get rules", s.read(func(req *mirror.Request) (any, error) {
 		var a getArgs
 		if err := req.Decode(&a); err != nil {
 			return nil, err
-		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.dp == nil {
-			return nil, mirror.Errorf(mirror.CodeUnavailable, "firewall is not running")
 		}
 		cnt, err := s.dp.Counters()
 		if err != nil {
@@ -645,7 +658,7 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 			return nil, mirror.Errorf(mirror.CodeNotFound, "rule %q not found", a.Name)
 		}
 		return out, nil
-	})
+	}))
 	h.Handle("add prefilter", s.mutate(func(req *mirror.Request, set fw.RuleSet) (fw.RuleSet, any, error) {
 		var a prefilterArgs
 		if err := req.Decode(&a); err != nil {
@@ -692,15 +705,32 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 		}
 		return out, nil
 	})
-	h.Handle("get policies", func(context.Context, *mirror.Request) (any, error) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
+	h.Handle("get policies", s.read(func(req *mirror.Request) (any, error) {
+		// The name of "get policies NAME" is a target: node, iface:NAME or
+		// instance:NAME, as the policies show it.
+		var a getArgs
+		if err := req.Decode(&a); err != nil {
+			return nil, err
+		}
+		var only fw.Target
+		if a.Name != "" {
+			t, err := fw.ParseTarget(a.Name)
+			if err != nil {
+				return nil, fwError(err)
+			}
+			only = t
+		}
 		out := []policyView{}
 		for _, p := range s.set.Policies {
-			out = append(out, policyView{Kind: "policy", Target: p.Target.String(), Direction: string(p.Direction), Action: string(p.Action)})
+			if a.Name == "" || p.Target == only {
+				out = append(out, policyView{Kind: "policy", Target: p.Target.String(), Direction: string(p.Direction), Action: string(p.Action)})
+			}
+		}
+		if a.Name != "" && len(out) == 0 {
+			return nil, mirror.Errorf(mirror.CodeNotFound, "no policy set for target %s", only)
 		}
 		return out, nil
-	})
+	}))
 }
 
 func cmpString(a, b string) int {
@@ -713,14 +743,40 @@ func cmpString(a, b string) int {
 	return 0
 }
 
+// downLocked is the error of every firewall command while the firewall is
+// not running (it failed to start, or qbod is stopping): "unavailable",
+// before any argument is looked at, as the runtime's commands answer.
+func (s *fwSystem) downLocked() error {
+	switch {
+	case s.downErr != nil:
+		return mirror.Errorf(mirror.CodeUnavailable, "firewall is not running: %v", s.downErr)
+	case s.dp == nil:
+		return mirror.Errorf(mirror.CodeUnavailable, "firewall is not running")
+	}
+	return nil
+}
+
+// read runs fn under the lock while the firewall is running: the commands
+// that only look at the rule set.
+func (s *fwSystem) read(fn func(*mirror.Request) (any, error)) mirror.HandlerFunc {
+	return func(_ context.Context, req *mirror.Request) (any, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if err := s.downLocked(); err != nil {
+			return nil, err
+		}
+		return fn(req)
+	}
+}
+
 // mutate runs fn on a copy of the rule set and commits the result whole;
 // on failure nothing changes.
 func (s *fwSystem) mutate(fn func(*mirror.Request, fw.RuleSet) (fw.RuleSet, any, error)) mirror.HandlerFunc {
 	return func(ctx context.Context, req *mirror.Request) (any, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.dp == nil {
-			return nil, mirror.Errorf(mirror.CodeUnavailable, "firewall is not running")
+		if err := s.downLocked(); err != nil {
+			return nil, err
 		}
 		set, res, err := fn(req, s.set.Clone())
 		if err != nil {

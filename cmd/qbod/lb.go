@@ -45,6 +45,7 @@ type lbSystem struct {
 	draining map[uint32]time.Time // backend ID -> when it started draining
 	after    []func()             // run by mutate once a change is committed
 	uplinks  []string
+	downErr  error // why start failed, for the commands' "unavailable"
 }
 
 // serviceView is a service as the mirror and "get services" show it.
@@ -67,7 +68,14 @@ type backendView struct {
 	Flows  int    `json:"flows"` // entries in the flow table
 }
 
-func (s *lbSystem) start(ctx context.Context, d *daemon, wg *sync.WaitGroup) error {
+func (s *lbSystem) start(ctx context.Context, d *daemon, wg *sync.WaitGroup) (err error) {
+	defer func() {
+		if err != nil {
+			s.mu.Lock()
+			s.downErr = err
+			s.mu.Unlock()
+		}
+	}()
 	s.log = d.log.With("subsystem", "lb")
 	s.mirror = d.hub.NewState("services", "load-balanced services (VIP:port/proto) with their backends and per-backend flow counts")
 	s.path = filepath.Join(d.cfg.StateDir, "lb.json")
@@ -126,7 +134,9 @@ func (s *lbSystem) stop() {
 	defer s.mu.Unlock()
 	if s.obj != nil {
 		s.obj.Close()
-		s.obj = nil
+		// Commands that arrive while qbod stops answer "unavailable",
+		// not errors from closed maps.
+		s.obj, s.dp = nil, nil
 	}
 	if s.sock != nil {
 		s.sock.Close()
@@ -260,8 +270,21 @@ type backendArgs struct {
 	Backend string `json:"backend"` // IP:PORT[@WEIGHT]
 }
 
+// decodeBackend decodes the arguments of add and delete backend, which both
+// need a service and a backend.
+func decodeBackend(req *mirror.Request) (backendArgs, error) {
+	var a backendArgs
+	if err := req.Decode(&a); err != nil {
+		return a, err
+	}
+	if err := required(req, "service", a.Service); err != nil {
+		return a, err
+	}
+	return a, required(req, "backend", a.Backend)
+}
+
 func (s *lbSystem) registerCommands(h *mirror.Hub) {
-	h.Handle("get services", getFrom(s.mirror, "service"))
+	h.Handle("get services", s.whileRunning(getFrom(s.mirror, "service")))
 	h.Handle("add service", s.mutate(func(req *mirror.Request) (any, error) {
 		var a addServiceArgs
 		if err := req.Decode(&a); err != nil {
@@ -282,15 +305,15 @@ func (s *lbSystem) registerCommands(h *mirror.Hub) {
 		return s.state.AddService(svc)
 	}))
 	h.Handle("delete service", s.mutate(func(req *mirror.Request) (any, error) {
-		var a getArgs
-		if err := req.Decode(&a); err != nil {
+		name, err := decodeName(req)
+		if err != nil {
 			return nil, err
 		}
-		return nil, s.state.DeleteService(a.Name)
+		return nil, s.state.DeleteService(name)
 	}))
 	h.Handle("add backend", s.mutate(func(req *mirror.Request) (any, error) {
-		var a backendArgs
-		if err := req.Decode(&a); err != nil {
+		a, err := decodeBackend(req)
+		if err != nil {
 			return nil, err
 		}
 		be, err := lb.ParseBackend(a.Backend)
@@ -300,8 +323,8 @@ func (s *lbSystem) registerCommands(h *mirror.Hub) {
 		return s.state.AddBackend(a.Service, be)
 	}))
 	h.Handle("delete backend", s.mutate(func(req *mirror.Request) (any, error) {
-		var a backendArgs
-		if err := req.Decode(&a); err != nil {
+		a, err := decodeBackend(req)
+		if err != nil {
 			return nil, err
 		}
 		addr, err := netip.ParseAddrPort(a.Backend)
@@ -320,14 +343,42 @@ func (s *lbSystem) registerCommands(h *mirror.Hub) {
 	}))
 }
 
+// downLocked is the error of every load-balancer command while the load
+// balancer is not running (it failed to start, or qbod is stopping):
+// "unavailable", before any argument is looked at, as the runtime's
+// commands answer.
+func (s *lbSystem) downLocked() error {
+	switch {
+	case s.downErr != nil:
+		return mirror.Errorf(mirror.CodeUnavailable, "load balancer is not running: %v", s.downErr)
+	case s.dp == nil:
+		return mirror.Errorf(mirror.CodeUnavailable, "load balancer is not running")
+	}
+	return nil
+}
+
+// whileRunning answers h while the load balancer runs; its mirror, which
+// h reads, is empty otherwise, and an empty list would say "no services".
+func (s *lbSystem) whileRunning(h mirror.HandlerFunc) mirror.HandlerFunc {
+	return func(ctx context.Context, req *mirror.Request) (any, error) {
+		s.mu.Lock()
+		err := s.downLocked()
+		s.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+}
+
 // mutate runs fn on the desired state under the lock, then persists and
 // programs it; on failure the previous state is restored.
 func (s *lbSystem) mutate(fn func(*mirror.Request) (any, error)) mirror.HandlerFunc {
 	return func(_ context.Context, req *mirror.Request) (any, error) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.dp == nil {
-			return nil, mirror.Errorf(mirror.CodeUnavailable, "load balancer is not running")
+		if err := s.downLocked(); err != nil {
+			return nil, err
 		}
 		before := s.snapshotLocked()
 		s.after = nil

@@ -434,21 +434,18 @@ func (rt *runtimeSys) addInstance(ctx context.Context, req *mirror.Request) (any
 }
 
 func (rt *runtimeSys) deleteInstance(ctx context.Context, req *mirror.Request) (any, error) {
-	var a getArgs
-	if err := req.Decode(&a); err != nil {
+	name, err := decodeName(req)
+	if err != nil {
 		return nil, err
-	}
-	if a.Name == "" {
-		return nil, mirror.Errorf(mirror.CodeBadRequest, "delete instance: a name is needed")
 	}
 	done := make(chan error, 1)
 	go func() {
-		err := rt.m.Delete(rt.ctx, a.Name)
+		err := rt.m.Delete(rt.ctx, name)
 		if err == nil {
 			rt.feed.Lock()
-			rt.instM.Delete(a.Name, "deleted")
+			rt.instM.Delete(name, "deleted")
 			rt.feed.Unlock()
-			rt.d.log.Info("instance deleted", "instance", a.Name)
+			rt.d.log.Info("instance deleted", "instance", name)
 		}
 		rt.poke()
 		done <- err
@@ -458,7 +455,7 @@ func (rt *runtimeSys) deleteInstance(ctx context.Context, req *mirror.Request) (
 		if err != nil {
 			return nil, apiError(err)
 		}
-		return map[string]string{"deleted": a.Name}, nil
+		return map[string]string{"deleted": name}, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -474,6 +471,9 @@ func (rt *runtimeSys) exec(ctx context.Context, req *mirror.Request) (any, error
 	if err := req.Decode(&a); err != nil {
 		return nil, err
 	}
+	if err := required(req, "name", a.Name); err != nil {
+		return nil, err
+	}
 	res, err := rt.m.Exec(ctx, a.Name, a.Argv)
 	return res, apiError(err)
 }
@@ -486,6 +486,9 @@ type loadImageArgs struct {
 func (rt *runtimeSys) loadImage(ctx context.Context, req *mirror.Request) (any, error) {
 	var a loadImageArgs
 	if err := req.Decode(&a); err != nil {
+		return nil, err
+	}
+	if err := required(req, "name", a.Name); err != nil {
 		return nil, err
 	}
 	loaded, err := rt.m.LoadImage(ctx, a.Name, a.Path)

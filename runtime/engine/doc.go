@@ -5,6 +5,9 @@
 // ("no external state": labels are the only record). It also defines the
 // sentinel errors the other runtime packages wrap.
 //
-// It may import the moby client and API types and the standard library; it
-// imports no other qbo package.
+// It also lists containerd's containers outside dockerd's namespace, with
+// the state of each one's task, through containerd's classic services.
+//
+// It may import the moby client and API types, the containerd client and
+// API types, and the standard library; it imports no other qbo package.
 package engine

@@ -77,7 +77,8 @@ func TestContainerd(t *testing.T) {
 		if ct.Namespace == DockerNamespace {
 			t.Errorf("dockerd's namespace listed: %+v", ct)
 		}
-		if ct.Namespace == ns && ct.ID == id && ct.Labels[LabelManaged] == "true" && ct.Runtime == "io.containerd.runc.v2" {
+		// No task yet: only metadata, state "created".
+		if ct.Namespace == ns && ct.ID == id && ct.Labels[LabelManaged] == "true" && ct.Runtime == "io.containerd.runc.v2" && ct.State == NoTask {
 			found = true
 		}
 	}

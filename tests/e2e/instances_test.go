@@ -27,13 +27,17 @@ import (
 const labelPrefix = "dev.qbo."
 
 // runtimeDaemon is a qbod whose instance network is private to the test,
-// so that it cannot meet another qbod's.
-func runtimeDaemon(t *testing.T) *daemon {
+// so that it cannot meet another qbod's. runtimeSettings are more
+// "key: value" lines of its runtime: section.
+func runtimeDaemon(t *testing.T, runtimeSettings ...string) *daemon {
 	t.Helper()
 	d := newDaemon(t)
 	s := randomSuffix()[:6]
 	cfg := filepath.Join(t.TempDir(), "qbod.yaml")
 	yaml := fmt.Sprintf("runtime:\n  network: qbo-e2e-%s\n  bridge: qboe2e%s\n  subnet: 10.213.%d.0/24\n", s, s, 100+int(s[0])%100)
+	for _, kv := range runtimeSettings {
+		yaml += "  " + kv + "\n"
+	}
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
