@@ -20,6 +20,7 @@
  *   later fragment of a recorded datagram  follows the first  FRAG_LATER
  *   later fragment, first not seen         PASS   PASS_FRAG_MISS
  *   ICMP error quoting a balanced flow     to that flow's backend  ICMP_ERR
+ *                                          (NAT: outer and quote translated)
  *   ICMP error quoting anything else       PASS   PASS_ICMP_ERR_MISS
  *   DSR without a route/neighbour          DROP   DROP_DSR_FIB
  *   DSR of a VLAN-tagged frame             DROP   DROP_DSR_VLAN
@@ -482,12 +483,79 @@ static __always_inline void lb_frag_key(struct lb_frag_key *fk, const struct qbo
 	fk->family = pkt->family;
 }
 
+/* lb_icmp_nat translates an ICMP(v6) error about a NATed flow for its
+ * backend. The error quotes the packet the client got (VIP:vport ->
+ * client); the backend sent it as backend:port -> client. So the outer
+ * destination becomes the backend, and the quote's source address and
+ * port become the backend's, so that the backend's stack finds the socket
+ * (path MTU discovery depends on it). Checksums kept valid: the outer IPv4
+ * header, the quoted IPv4 header, and the ICMP checksum, which covers the
+ * quote and, for ICMPv6, the pseudo-header with the outer destination. The
+ * quoted L4 checksum is not updated (receivers do not check it; a quote
+ * may not even hold it). */
+static __always_inline int lb_icmp_nat(void *data, void *data_end, struct qbo_pkt *pkt,
+				       const struct lb_backend *be)
+{
+	__u32 off = pkt->l4_off;
+	__u8 *icmp = qbo_ptr(data, data_end, off, 8);
+	if (!icmp)
+		return -1;
+	__u16 *ic = (__u16 *)(icmp + 2);
+	__u32 in = off + 8;
+	__u32 old;
+	int i;
+	if (pkt->family == 4) {
+		struct qbo_iphdr *ip = qbo_ptr(data, data_end, pkt->l3_off, sizeof(*ip));
+		if (!ip)
+			return -1;
+		__builtin_memcpy(&old, ip->daddr, 4);
+		csum_replace4(&ip->check, old, be->addr[0]);
+		__builtin_memcpy(ip->daddr, &be->addr[0], 4);
+		struct qbo_iphdr *q = qbo_ptr(data, data_end, in, sizeof(*q));
+		if (!q)
+			return -1;
+		__u32 qhl = (q->ver_ihl & 0xf) * 4;
+		if (qhl < QBO_IPV4_HLEN)
+			return -1;
+		struct qbo_l4ports *qp = qbo_ptr(data, data_end, in + qhl, sizeof(*qp));
+		if (!qp)
+			return -1;
+		__builtin_memcpy(&old, q->saddr, 4);
+		__u16 qc = q->check;
+		csum_replace4(&q->check, old, be->addr[0]);
+		__builtin_memcpy(q->saddr, &be->addr[0], 4);
+		csum_replace4(ic, old, be->addr[0]);
+		csum_replace2(ic, qc, q->check);
+		csum_replace2(ic, qp->source, be->port);
+		qp->source = be->port;
+		return 0;
+	}
+	struct qbo_ipv6hdr *ip6 = qbo_ptr(data, data_end, pkt->l3_off, sizeof(*ip6));
+	if (!ip6)
+		return -1;
+	struct qbo_ipv6hdr *q6 = qbo_ptr(data, data_end, in, sizeof(*q6));
+	if (!q6)
+		return -1;
+	struct qbo_l4ports *qp = qbo_ptr(data, data_end, in + QBO_IPV6_HLEN, sizeof(*qp));
+	if (!qp)
+		return -1;
+#pragma unroll
+	for (i = 0; i < 4; i++) {
+		__builtin_memcpy(&old, ip6->daddr + 4 * i, 4);
+		csum_replace4(ic, old, be->addr[i]);
+		__builtin_memcpy(&old, q6->saddr + 4 * i, 4);
+		csum_replace4(ic, old, be->addr[i]);
+	}
+	__builtin_memcpy(ip6->daddr, be->addr, 16);
+	__builtin_memcpy(q6->saddr, be->addr, 16);
+	csum_replace2(ic, qp->source, be->port);
+	qp->source = be->port;
+	return 0;
+}
+
 /* lb_icmp_err forwards an ICMP error about a balanced flow to its backend.
  * The error quotes the reply (VIP -> client), so the flow is the quote
- * reversed. NAT: only DSR services and IPv4 NAT are handled; for NAT the
- * outer destination becomes the backend and the stack delivers it (the
- * quoted VIP is left as is: the backend's socket lookup for errors uses
- * the quote, which a NAT backend will not match, so it is informational). */
+ * reversed: DSR encapsulates it as is, NAT translates it (lb_icmp_nat). */
 static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
 {
 	struct lb_flow_key k = {};
@@ -508,12 +576,9 @@ static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	count(LB_ST_ICMP_ERR);
 	if (be->flags & LB_BE_DSR)
 		return lb_dsr(ctx, pkt, be);
-	/* NAT: rewrite only the outer destination address. */
-	pkt->flags &= ~QBO_PKT_PORTS;
-	pkt->proto = 0; /* no L4 checksum to fix in the ICMP header */
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	if (lb_dnat(data, data_end, pkt, be)) {
+	if (lb_icmp_nat(data, data_end, pkt, be)) {
 		count(LB_ST_DROP_TRUNCATED);
 		return XDP_DROP;
 	}

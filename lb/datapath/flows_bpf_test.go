@@ -3,6 +3,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"encoding/hex"
 	"math/rand/v2"
 	"net/netip"
@@ -191,5 +192,83 @@ func TestVIPFilter(t *testing.T) {
 	e.sync()
 	if got := to(b); got != b.VIP {
 		t.Fatalf("packet to deleted service went to %v", got)
+	}
+}
+
+// TestICMPErrorNAT sends an ICMP error (fragmentation needed / packet too
+// big) quoting what the client received from the VIP, for a NATed flow of
+// each family: the backend must get it with itself as the outer
+// destination and as the quote's source (address and port), with every
+// checksum that covers them valid.
+func TestICMPErrorNAT(t *testing.T) {
+	e := newEnv(t)
+	e.add(lb.Service{Name: "v4", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP,
+		Backends: []lb.Backend{be("10.199.1.2:8080")}})
+	e.add(lb.Service{Name: "v6", VIP: netip.AddrPortFrom(vip6, 80), Proto: lb.TCP,
+		Backends: []lb.Backend{be("[fd00:199:1::2]:8080")}})
+	router4 := netip.MustParseAddr("10.199.0.254")
+	router6 := netip.MustParseAddr("fd00:199::fe")
+	for _, c := range []struct {
+		client, vip, router, backend netip.Addr
+		icmpType                     byte
+		proto                        uint8
+	}{
+		{client4, vip4, router4, netip.MustParseAddr("10.199.1.2"), 3, 1},
+		{client6, vip6, router6, netip.MustParseAddr("fd00:199:1::2"), 2, 58},
+	} {
+		e.run(pktSpec{src: c.client, dst: c.vip, sport: 41000, dport: 80, proto: 6}.bytes())
+		quote := pktSpec{src: c.vip, dst: c.client, sport: 80, dport: 41000, proto: 6}.bytes()[14:]
+		if c.vip.Is4() {
+			quote = quote[:28]
+		} else {
+			quote = quote[:48]
+		}
+		icmp := append([]byte{c.icmpType, 4, 0, 0, 0, 0, 0x05, 0xdc}, quote...)
+		if c.vip.Is4() {
+			binary.BigEndian.PutUint16(icmp[2:], csum(icmp, 0))
+		} else {
+			binary.BigEndian.PutUint16(icmp[2:], csum(icmp, pseudo(c.router, c.vip, 58, len(icmp))))
+		}
+		frame := pktSpec{src: c.router, dst: c.vip, proto: c.proto, l4raw: icmp}.bytes()
+		before := e.stat("icmp_err")
+		ret, out := e.run(frame)
+		out = out[:len(frame)]
+		if ret != xdpPass || e.stat("icmp_err") != before+1 {
+			t.Fatalf("%v: verdict %d, icmp_err not counted", c.vip, ret)
+		}
+		var l3, l4 int
+		var outerDst, quoteSrc netip.Addr
+		if c.vip.Is4() {
+			l3, l4 = 14, 34
+			outerDst = netip.AddrFrom4([4]byte(out[30:34]))
+			if csum(out[l3:l4], 0) != 0 {
+				t.Errorf("v4: outer header checksum")
+			}
+			q := out[l4+8:]
+			quoteSrc = netip.AddrFrom4([4]byte(q[12:16]))
+			if csum(q[:20], 0) != 0 {
+				t.Errorf("v4: quoted header checksum")
+			}
+			if p := binary.BigEndian.Uint16(q[20:]); p != 8080 {
+				t.Errorf("v4: quoted source port %d", p)
+			}
+			if csum(out[l4:], 0) != 0 {
+				t.Errorf("v4: ICMP checksum")
+			}
+		} else {
+			l3, l4 = 14, 54
+			outerDst = netip.AddrFrom16([16]byte(out[38:54]))
+			q := out[l4+8:]
+			quoteSrc = netip.AddrFrom16([16]byte(q[8:24]))
+			if p := binary.BigEndian.Uint16(q[40:]); p != 8080 {
+				t.Errorf("v6: quoted source port %d", p)
+			}
+			if csum(out[l4:], pseudo(c.router, c.backend, 58, len(out)-l4)) != 0 {
+				t.Errorf("v6: ICMPv6 checksum")
+			}
+		}
+		if outerDst != c.backend || quoteSrc != c.backend {
+			t.Errorf("%v: outer destination %v, quoted source %v, want %v", c.vip, outerDst, quoteSrc, c.backend)
+		}
 	}
 }
