@@ -386,13 +386,6 @@ func (d *Datapath) putMaglev(id uint32, table []uint32) error {
 	return nil
 }
 
-func ignoreMissing(err error) error {
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil
-	}
-	return err
-}
-
 // Sync makes the maps equal to desired and returns the ops it ran.
 func (d *Datapath) Sync(desired lb.Tables) ([]lb.Op, error) {
 	actual, err := d.Read()
