@@ -79,6 +79,17 @@ type lbLbSvcVal struct {
 	Offset    uint32
 }
 
+type lbQboPfConfig struct {
+	_          structs.HostLayout
+	V4Prefixes uint32
+	V6Prefixes uint32
+}
+
+type lbQboPfHosts struct {
+	_ structs.HostLayout
+	W [4]uint64
+}
+
 type lbQboPfKey4 struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -100,19 +111,23 @@ type lbQboPfVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lbMapLbBackends = "lb_backends"
-	lbMapLbFlows    = "lb_flows"
-	lbMapLbFrags    = "lb_frags"
-	lbMapLbMaglev   = "lb_maglev"
-	lbMapLbRnat     = "lb_rnat"
-	lbMapLbStats    = "lb_stats"
-	lbMapLbSvc      = "lb_svc"
-	lbMapQboPfStats = "qbo_pf_stats"
-	lbMapQboPfV4    = "qbo_pf_v4"
-	lbMapQboPfV6    = "qbo_pf_v6"
-	lbProgLbDecap   = "lb_decap"
-	lbProgLbRevnat  = "lb_revnat"
-	lbProgLbXdp     = "lb_xdp"
+	lbMapLbBackends  = "lb_backends"
+	lbMapLbFlows     = "lb_flows"
+	lbMapLbFrags     = "lb_frags"
+	lbMapLbMaglev    = "lb_maglev"
+	lbMapLbRnat      = "lb_rnat"
+	lbMapLbStats     = "lb_stats"
+	lbMapLbSvc       = "lb_svc"
+	lbMapQboPfCfg    = "qbo_pf_cfg"
+	lbMapQboPfStats  = "qbo_pf_stats"
+	lbMapQboPfV4     = "qbo_pf_v4"
+	lbMapQboPfV4Full = "qbo_pf_v4_full"
+	lbMapQboPfV4Host = "qbo_pf_v4_host"
+	lbMapQboPfV4Part = "qbo_pf_v4_part"
+	lbMapQboPfV6     = "qbo_pf_v6"
+	lbProgLbDecap    = "lb_decap"
+	lbProgLbRevnat   = "lb_revnat"
+	lbProgLbXdp      = "lb_xdp"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -166,16 +181,20 @@ type lbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbMapSpecs struct {
-	LbBackends *ebpf.MapSpec `ebpf:"lb_backends"`
-	LbFlows    *ebpf.MapSpec `ebpf:"lb_flows"`
-	LbFrags    *ebpf.MapSpec `ebpf:"lb_frags"`
-	LbMaglev   *ebpf.MapSpec `ebpf:"lb_maglev"`
-	LbRnat     *ebpf.MapSpec `ebpf:"lb_rnat"`
-	LbStats    *ebpf.MapSpec `ebpf:"lb_stats"`
-	LbSvc      *ebpf.MapSpec `ebpf:"lb_svc"`
-	QboPfStats *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
-	QboPfV4    *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
-	QboPfV6    *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
+	LbBackends  *ebpf.MapSpec `ebpf:"lb_backends"`
+	LbFlows     *ebpf.MapSpec `ebpf:"lb_flows"`
+	LbFrags     *ebpf.MapSpec `ebpf:"lb_frags"`
+	LbMaglev    *ebpf.MapSpec `ebpf:"lb_maglev"`
+	LbRnat      *ebpf.MapSpec `ebpf:"lb_rnat"`
+	LbStats     *ebpf.MapSpec `ebpf:"lb_stats"`
+	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
+	QboPfCfg    *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
+	QboPfStats  *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
+	QboPfV4     *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
+	QboPfV4Full *ebpf.MapSpec `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host *ebpf.MapSpec `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part *ebpf.MapSpec `ebpf:"qbo_pf_v4_part"`
+	QboPfV6     *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
 }
 
 // lbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -204,16 +223,20 @@ func (o *lbObjects) Close() error {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbMaps struct {
-	LbBackends *ebpf.Map `ebpf:"lb_backends"`
-	LbFlows    *ebpf.Map `ebpf:"lb_flows"`
-	LbFrags    *ebpf.Map `ebpf:"lb_frags"`
-	LbMaglev   *ebpf.Map `ebpf:"lb_maglev"`
-	LbRnat     *ebpf.Map `ebpf:"lb_rnat"`
-	LbStats    *ebpf.Map `ebpf:"lb_stats"`
-	LbSvc      *ebpf.Map `ebpf:"lb_svc"`
-	QboPfStats *ebpf.Map `ebpf:"qbo_pf_stats"`
-	QboPfV4    *ebpf.Map `ebpf:"qbo_pf_v4"`
-	QboPfV6    *ebpf.Map `ebpf:"qbo_pf_v6"`
+	LbBackends  *ebpf.Map `ebpf:"lb_backends"`
+	LbFlows     *ebpf.Map `ebpf:"lb_flows"`
+	LbFrags     *ebpf.Map `ebpf:"lb_frags"`
+	LbMaglev    *ebpf.Map `ebpf:"lb_maglev"`
+	LbRnat      *ebpf.Map `ebpf:"lb_rnat"`
+	LbStats     *ebpf.Map `ebpf:"lb_stats"`
+	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
+	QboPfCfg    *ebpf.Map `ebpf:"qbo_pf_cfg"`
+	QboPfStats  *ebpf.Map `ebpf:"qbo_pf_stats"`
+	QboPfV4     *ebpf.Map `ebpf:"qbo_pf_v4"`
+	QboPfV4Full *ebpf.Map `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host *ebpf.Map `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part *ebpf.Map `ebpf:"qbo_pf_v4_part"`
+	QboPfV6     *ebpf.Map `ebpf:"qbo_pf_v6"`
 }
 
 func (m *lbMaps) Close() error {
@@ -225,8 +248,12 @@ func (m *lbMaps) Close() error {
 		m.LbRnat,
 		m.LbStats,
 		m.LbSvc,
+		m.QboPfCfg,
 		m.QboPfStats,
 		m.QboPfV4,
+		m.QboPfV4Full,
+		m.QboPfV4Host,
+		m.QboPfV4Part,
 		m.QboPfV6,
 	)
 }

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -124,12 +125,51 @@ func BenchmarkProgRun(b *testing.B) {
 	b.Run("established", func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, next) })
 }
 
+// benchPrefix is the i-th benchmark deny prefix: /24../32 IPv4 prefixes
+// 61 addresses apart from 11.0.0.0 (1M of them reach 14.163.x.x), so a
+// /24 holds about four, of mixed lengths.
+func benchPrefix(i int) netip.Prefix {
+	v := uint32(11<<24) + uint32(i)*61
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 24+i%9).Masked()
+}
+
+// benchNearMiss is an address that no benchmark prefix holds but whose
+// /24 holds long ones: the miss that costs the host-map lookup.
+func benchNearMiss(b *testing.B) netip.Addr {
+	for i := 1; i < 1000; i++ {
+		p := benchPrefix(i)
+		if p.Bits() != 32 {
+			continue
+		}
+		a := p.Addr().As4()
+		for h := range 256 {
+			a[3] = byte(h)
+			x := netip.AddrFrom4(a)
+			covered := false
+			for j := max(0, i-8); j < i+8; j++ {
+				covered = covered || benchPrefix(j).Contains(x)
+			}
+			if !covered {
+				return x
+			}
+		}
+	}
+	b.Fatal("no near miss")
+	return netip.Addr{}
+}
+
 // BenchmarkPrefilter measures the XDP prefilter with 0, 100k and 1M deny
-// prefixes (random /24../32 IPv4), for a packet that matches none.
+// prefixes (IPv4, /24../32) for packets that match none: one from an
+// address far from every prefix, and (with prefixes) a near miss, from a
+// /24 that holds long prefixes. It also logs the control plane's cost:
+// adding the prefixes, reading 1M back as a restarted qbod does, and
+// deleting them all.
 func BenchmarkPrefilter(b *testing.B) {
 	e := newEnv(b)
-	pf := NewPrefilter(e.f.Maps())
+	pf := newPrefilter(b, e)
+	prog := e.f.Programs().FwXdpPrefilter
 	frame := tpkt{src: a("192.0.2.1"), dst: a("10.198.0.2"), proto: 17, sport: 9, dport: 9}.build()
+	near := tpkt{src: benchNearMiss(b), dst: a("10.198.0.2"), proto: 17, sport: 9, dport: 9}.build()
 	empty, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
 	if err != nil {
@@ -141,16 +181,41 @@ func BenchmarkPrefilter(b *testing.B) {
 	for _, n := range []int{0, 100_000, 1_000_000} {
 		var add []netip.Prefix
 		for i := have; i < n; i++ {
-			// 11.0.0.0 - 74.255.255.255 region, never 192.0.2.1.
-			v := uint32(11<<24) + uint32(i)*61
-			add = append(add, netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), 24+i%9).Masked())
+			add = append(add, benchPrefix(i))
 		}
-		if err := pf.Add(add); err != nil {
-			b.Fatal(err)
+		start := time.Now()
+		if got, err := pf.Add(add); err != nil || got != len(add) {
+			b.Fatalf("adding %d prefixes: %d added, %v", len(add), got, err)
+		}
+		if len(add) > 0 {
+			cpLog("adding %d prefixes (%d -> %d) took %v", len(add), have, n, time.Since(start))
 		}
 		have = n
-		b.Run(fmt.Sprintf("prefixes=%d", n), func(b *testing.B) { runBench(b, e.f.Programs().FwXdpPrefilter, frame, 2) })
+		runtime.GC() // not during the measurement: there are 2 CPUs
+		b.Run(fmt.Sprintf("prefixes=%d", n), func(b *testing.B) { runBench(b, prog, frame, 2) })
+		if n > 0 {
+			b.Run(fmt.Sprintf("near-miss/prefixes=%d", n), func(b *testing.B) { runBench(b, prog, near, 2) })
+		}
 	}
+	start := time.Now()
+	again := newPrefilter(b, e)
+	cpLog("reading %d prefixes back (a restart) took %v", len(again.Prefixes()), time.Since(start))
+	start = time.Now()
+	if got, err := pf.Delete(pf.Prefixes()); err != nil || got != have {
+		b.Fatalf("deleting %d prefixes: %d deleted, %v", have, got, err)
+	}
+	cpLog("deleting %d prefixes took %v", have, time.Since(start))
+}
+
+// cpLog prints a control-plane timing between the benchmark lines (a
+// parent benchmark's b.Log shows only with -v).
+func cpLog(format string, args ...any) {
+	for i, a := range args {
+		if d, ok := a.(time.Duration); ok {
+			args[i] = d.Round(time.Millisecond)
+		}
+	}
+	fmt.Printf("BenchmarkPrefilter control plane: "+format+"\n", args...)
 }
 
 // BenchmarkLoopbackPath sends UDP datagrams over loopback inside a private
