@@ -596,9 +596,9 @@ func pfFrame(src string) []byte {
 	return tpkt{src: a(src), dst: dst, proto: 17, sport: 9, dport: 9}.build()
 }
 
-func newPrefilter(t testing.TB, e *env) *Prefilter {
+func newPrefilter(t testing.TB, f *bpffw.Firewall) *Prefilter {
 	t.Helper()
-	pf, err := NewPrefilter(e.f.Maps())
+	pf, err := NewPrefilter(f.Maps())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -622,7 +622,7 @@ const (
 
 func TestPrefilter(t *testing.T) {
 	e := newEnv(t)
-	pf := newPrefilter(t, e)
+	pf := newPrefilter(t, e.f)
 	vlan := func(f []byte) []byte { // an 802.1Q tag before the IP header
 		return slices.Concat(f[:12], []byte{0x81, 0x00, 0, 7}, f[12:])
 	}
@@ -741,7 +741,7 @@ func TestPrefilter(t *testing.T) {
 // IPv4 prefixes of every length, as they are added to and deleted from.
 func TestPrefilterDifferential(t *testing.T) {
 	e := newEnv(t)
-	pf := newPrefilter(t, e)
+	pf := newPrefilter(t, e.f)
 	r := mrand.New(mrand.NewPCG(7, 8))
 	ref := refSet{}
 	for step := range 24 {
@@ -793,7 +793,7 @@ func TestPrefilterDifferential(t *testing.T) {
 // lookup maps rebuilt.
 func TestPrefilterRestart(t *testing.T) {
 	e := newEnv(t)
-	pf := newPrefilter(t, e)
+	pf := newPrefilter(t, e.f)
 	set := []netip.Prefix{pfx("10.0.0.0/8"), pfx("192.168.1.0/25"), pfx("192.168.1.200/32"), pfx("fd00::/64")}
 	if _, err := pf.Add(set); err != nil {
 		t.Fatal(err)
@@ -844,7 +844,7 @@ func TestPrefilterRestart(t *testing.T) {
 // fills: bpf/lb loaded in the same pin directory shares its maps by name.
 func TestPrefilterSharedWithLBXDP(t *testing.T) {
 	e := newEnv(t)
-	pf := newPrefilter(t, e)
+	pf := newPrefilter(t, e.f)
 	lbo, err := bpflb.LoadUnattached(bpflb.Options{PinDir: e.dir})
 	if err != nil {
 		t.Fatal(err)
