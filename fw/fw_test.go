@@ -194,3 +194,20 @@ func TestPrefilterValidation(t *testing.T) {
 		t.Fatalf("invalid prefix: %v", err)
 	}
 }
+
+func TestNormalizePrefix(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.1.2.3/8":          "10.0.0.0/8",
+		"::ffff:10.1.2.3/120": "10.1.2.0/24",
+		"::ffff:10.1.2.3/96":  "0.0.0.0/0",
+		"::ffff:0:0/80":       "::/80", // wider than the mapped range: stays IPv6
+		"fd00::1/64":          "fd00::/64",
+	} {
+		if got := fw.NormalizePrefix(netip.MustParsePrefix(in)).String(); got != want {
+			t.Errorf("%s: got %s, want %s", in, got, want)
+		}
+	}
+	if got := fw.NormalizePrefix(netip.Prefix{}); got.IsValid() {
+		t.Errorf("invalid prefix normalized to %s", got)
+	}
+}

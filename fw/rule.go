@@ -225,7 +225,7 @@ func (r *Rule) Normalize() error {
 	}
 	for _, p := range []*netip.Prefix{&r.Src, &r.Dst} {
 		if p.IsValid() {
-			*p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p.Addr())).Masked()
+			*p = NormalizePrefix(*p)
 		}
 	}
 	if r.Src.IsValid() && r.Dst.IsValid() && r.Src.Addr().Is4() != r.Dst.Addr().Is4() {
@@ -249,11 +249,17 @@ func (r *Rule) Normalize() error {
 	return nil
 }
 
-func unmapBits(a netip.Addr) int {
-	if a.Is4In6() {
-		return 96
+// NormalizePrefix masks p and writes an IPv4-mapped IPv6 prefix of length
+// 96 or more as the IPv4 prefix it is (a shorter one stays IPv6: it spans
+// more than the mapped range). An invalid p gives the zero Prefix.
+func NormalizePrefix(p netip.Prefix) netip.Prefix {
+	if !p.IsValid() {
+		return netip.Prefix{}
 	}
-	return 0
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked()
 }
 
 // Normalize validates p and fills its defaults.
@@ -312,7 +318,7 @@ func (s *RuleSet) Validate() error {
 		if !p.IsValid() {
 			return fmt.Errorf("%w: invalid prefilter prefix", ErrInvalid)
 		}
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p.Addr())).Masked()
+		p = NormalizePrefix(p)
 		if seenP[p] {
 			continue
 		}

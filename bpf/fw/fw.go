@@ -31,6 +31,8 @@ type (
 	PFKey4     = fwQboPfKey4
 	PFKey6     = fwQboPfKey6
 	PFVal      = fwQboPfVal
+	PFHosts    = fwQboPfHosts
+	PFConfig   = fwQboPfConfig
 	Maps       = fwMaps
 	Programs   = fwPrograms
 	KindStat   = fwQboKindStat
@@ -60,6 +62,8 @@ const (
 
 	// PrefilterMaxEntries is QBO_PF_MAX_ENTRIES per family.
 	PrefilterMaxEntries = 1 << 20
+	// PrefilterV4Words is QBO_PF_V4_WORDS: one bit per IPv4 /24.
+	PrefilterV4Words = (1 << 24) / 64
 
 	// TCX verdicts the programs return.
 	VerdictNext = 0xffffffff // TCX_NEXT (-1): allowed, next program

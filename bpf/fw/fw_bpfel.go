@@ -149,6 +149,17 @@ type fwQboKindStat struct {
 	Lost    uint64
 }
 
+type fwQboPfConfig struct {
+	_          structs.HostLayout
+	V4Prefixes uint32
+	V6Prefixes uint32
+}
+
+type fwQboPfHosts struct {
+	_ structs.HostLayout
+	W [4]uint64
+}
+
 type fwQboPfKey4 struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -187,8 +198,12 @@ const (
 	fwMapFwSrc4          = "fw_src4"
 	fwMapFwSrc6          = "fw_src6"
 	fwMapFwStats         = "fw_stats"
+	fwMapQboPfCfg        = "qbo_pf_cfg"
 	fwMapQboPfStats      = "qbo_pf_stats"
 	fwMapQboPfV4         = "qbo_pf_v4"
+	fwMapQboPfV4Full     = "qbo_pf_v4_full"
+	fwMapQboPfV4Host     = "qbo_pf_v4_host"
+	fwMapQboPfV4Part     = "qbo_pf_v4_part"
 	fwMapQboPfV6         = "qbo_pf_v6"
 	fwProgFwEgress       = "fw_egress"
 	fwProgFwIngress      = "fw_ingress"
@@ -265,8 +280,12 @@ type fwMapSpecs struct {
 	FwSrc4      *ebpf.MapSpec `ebpf:"fw_src4"`
 	FwSrc6      *ebpf.MapSpec `ebpf:"fw_src6"`
 	FwStats     *ebpf.MapSpec `ebpf:"fw_stats"`
+	QboPfCfg    *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
 	QboPfStats  *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
 	QboPfV4     *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
+	QboPfV4Full *ebpf.MapSpec `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host *ebpf.MapSpec `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part *ebpf.MapSpec `ebpf:"qbo_pf_v4_part"`
 	QboPfV6     *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
 }
 
@@ -313,8 +332,12 @@ type fwMaps struct {
 	FwSrc4      *ebpf.Map `ebpf:"fw_src4"`
 	FwSrc6      *ebpf.Map `ebpf:"fw_src6"`
 	FwStats     *ebpf.Map `ebpf:"fw_stats"`
+	QboPfCfg    *ebpf.Map `ebpf:"qbo_pf_cfg"`
 	QboPfStats  *ebpf.Map `ebpf:"qbo_pf_stats"`
 	QboPfV4     *ebpf.Map `ebpf:"qbo_pf_v4"`
+	QboPfV4Full *ebpf.Map `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host *ebpf.Map `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part *ebpf.Map `ebpf:"qbo_pf_v4_part"`
 	QboPfV6     *ebpf.Map `ebpf:"qbo_pf_v6"`
 }
 
@@ -337,8 +360,12 @@ func (m *fwMaps) Close() error {
 		m.FwSrc4,
 		m.FwSrc6,
 		m.FwStats,
+		m.QboPfCfg,
 		m.QboPfStats,
 		m.QboPfV4,
+		m.QboPfV4Full,
+		m.QboPfV4Host,
+		m.QboPfV4Part,
 		m.QboPfV6,
 	)
 }

@@ -21,6 +21,7 @@ func TestTypeSizesMatchBTF(t *testing.T) {
 		"fw_config": unsafe.Sizeof(Config{}), "fw_ct_key": unsafe.Sizeof(CTKey{}),
 		"fw_ct_val": unsafe.Sizeof(CTVal{}), "fw_deny_event": unsafe.Sizeof(DenyEvent{}),
 		"qbo_pf_key4": unsafe.Sizeof(PFKey4{}), "qbo_pf_key6": unsafe.Sizeof(PFKey6{}),
+		"qbo_pf_hosts": unsafe.Sizeof(PFHosts{}), "qbo_pf_config": unsafe.Sizeof(PFConfig{}),
 	} {
 		var st *btf.Struct
 		if err := spec.Types.TypeByName(name, &st); err != nil {

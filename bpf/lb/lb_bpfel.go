@@ -96,6 +96,17 @@ type lbLbSvcVal struct {
 	Offset    uint32
 }
 
+type lbQboPfConfig struct {
+	_          structs.HostLayout
+	V4Prefixes uint32
+	V6Prefixes uint32
+}
+
+type lbQboPfHosts struct {
+	_ structs.HostLayout
+	W [4]uint64
+}
+
 type lbQboPfKey4 struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -125,8 +136,12 @@ const (
 	lbMapLbStats     = "lb_stats"
 	lbMapLbSvc       = "lb_svc"
 	lbMapLbVipf      = "lb_vipf"
+	lbMapQboPfCfg    = "qbo_pf_cfg"
 	lbMapQboPfStats  = "qbo_pf_stats"
 	lbMapQboPfV4     = "qbo_pf_v4"
+	lbMapQboPfV4Full = "qbo_pf_v4_full"
+	lbMapQboPfV4Host = "qbo_pf_v4_host"
+	lbMapQboPfV4Part = "qbo_pf_v4_part"
 	lbMapQboPfV6     = "qbo_pf_v6"
 	lbProgLbDecap    = "lb_decap"
 	lbProgLbRevnat   = "lb_revnat"
@@ -193,8 +208,12 @@ type lbMapSpecs struct {
 	LbStats     *ebpf.MapSpec `ebpf:"lb_stats"`
 	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
 	LbVipf      *ebpf.MapSpec `ebpf:"lb_vipf"`
+	QboPfCfg    *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
 	QboPfStats  *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
 	QboPfV4     *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
+	QboPfV4Full *ebpf.MapSpec `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host *ebpf.MapSpec `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part *ebpf.MapSpec `ebpf:"qbo_pf_v4_part"`
 	QboPfV6     *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
 }
 
@@ -233,8 +252,12 @@ type lbMaps struct {
 	LbStats     *ebpf.Map `ebpf:"lb_stats"`
 	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
 	LbVipf      *ebpf.Map `ebpf:"lb_vipf"`
+	QboPfCfg    *ebpf.Map `ebpf:"qbo_pf_cfg"`
 	QboPfStats  *ebpf.Map `ebpf:"qbo_pf_stats"`
 	QboPfV4     *ebpf.Map `ebpf:"qbo_pf_v4"`
+	QboPfV4Full *ebpf.Map `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host *ebpf.Map `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part *ebpf.Map `ebpf:"qbo_pf_v4_part"`
 	QboPfV6     *ebpf.Map `ebpf:"qbo_pf_v6"`
 }
 
@@ -248,8 +271,12 @@ func (m *lbMaps) Close() error {
 		m.LbStats,
 		m.LbSvc,
 		m.LbVipf,
+		m.QboPfCfg,
 		m.QboPfStats,
 		m.QboPfV4,
+		m.QboPfV4Full,
+		m.QboPfV4Host,
+		m.QboPfV4Part,
 		m.QboPfV6,
 	)
 }

@@ -164,9 +164,14 @@ func (s *fwSystem) start(ctx context.Context, d *daemon, wg *sync.WaitGroup) (er
 	if err != nil {
 		return err
 	}
+	pf, err := datapath.NewPrefilter(obj.Maps())
+	if err != nil {
+		obj.Close()
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.obj, s.dp, s.pf = obj, datapath.New(obj.Maps()), datapath.NewPrefilter(obj.Maps())
+	s.obj, s.dp, s.pf = obj, datapath.New(obj.Maps()), pf
 	if err := s.commitLocked(ctx, set, true); err != nil {
 		return fmt.Errorf("restoring firewall rules: %w", err)
 	}
@@ -458,31 +463,12 @@ func (s *fwSystem) commitLocked(ctx context.Context, set fw.RuleSet, restoring b
 	return nil
 }
 
-// syncPrefilterLocked makes the prefilter tries hold exactly want (the
-// set applied before is s.set.Prefilter; at start the tries may hold what
-// a previous qbod left, which the persisted set also lists).
+// syncPrefilterLocked makes the prefilter maps hold exactly want. At start
+// the maps hold what a previous qbod left (the prefilter reads it back), so
+// only the difference is written.
 func (s *fwSystem) syncPrefilterLocked(want []netip.Prefix) error {
-	have := map[netip.Prefix]bool{}
-	for _, p := range s.set.Prefilter {
-		have[p] = true
-	}
-	keep := map[netip.Prefix]bool{}
-	var add, del []netip.Prefix
-	for _, p := range want {
-		keep[p] = true
-		if !have[p] {
-			add = append(add, p)
-		}
-	}
-	for p := range have {
-		if !keep[p] {
-			del = append(del, p)
-		}
-	}
-	if err := s.pf.Add(add); err != nil {
-		return err
-	}
-	return s.pf.Delete(del)
+	_, _, err := s.pf.Replace(want)
+	return err
 }
 
 type prefilterArgs struct {
@@ -499,9 +485,18 @@ func (a prefilterArgs) prefixes() ([]netip.Prefix, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, p.Masked())
+		out = append(out, fw.NormalizePrefix(p))
 	}
 	return out, nil
+}
+
+// prefixSet returns the distinct prefixes of ps.
+func prefixSet(ps []netip.Prefix) map[netip.Prefix]bool {
+	out := make(map[netip.Prefix]bool, len(ps))
+	for _, p := range ps {
+		out[p] = true
+	}
+	return out
 }
 
 // addRuleArgs are the arguments of "add rule" (the CLI's flags).
@@ -668,8 +663,16 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 		if err != nil {
 			return set, nil, err
 		}
-		set.Prefilter = append(set.Prefilter, ps...)
-		return set, map[string]int{"added": len(ps)}, nil
+		// The reply counts the prefixes that were not listed yet.
+		have, added := prefixSet(set.Prefilter), 0
+		for _, p := range ps {
+			if !have[p] {
+				have[p] = true
+				set.Prefilter = append(set.Prefilter, p)
+				added++
+			}
+		}
+		return set, map[string]int{"added": added}, nil
 	}))
 	h.Handle("delete prefilter", s.mutate(func(req *mirror.Request, set fw.RuleSet) (fw.RuleSet, any, error) {
 		var a prefilterArgs
@@ -680,10 +683,7 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 		if err != nil {
 			return set, nil, err
 		}
-		drop := map[netip.Prefix]bool{}
-		for _, p := range ps {
-			drop[p] = true
-		}
+		drop := prefixSet(ps)
 		out := set.Prefilter[:0:0]
 		for _, p := range set.Prefilter {
 			if !drop[p] {
@@ -694,7 +694,7 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 			return set, nil, fmt.Errorf("prefilter prefix: %w", fw.ErrNotFound)
 		}
 		set.Prefilter = out
-		return set, map[string]int{"deleted": len(ps)}, nil
+		return set, map[string]int{"deleted": len(drop)}, nil
 	}))
 	h.Handle("get prefilter", func(context.Context, *mirror.Request) (any, error) {
 		s.mu.Lock()

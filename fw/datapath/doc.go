@@ -6,8 +6,13 @@
 // the old set or the new one, never a mix. It also assigns stable
 // per-rule counter slots, reads counters and verdict statistics, decodes
 // deny records from the shared telemetry ring, and fills the XDP
-// prefilter's deny tries.
+// prefilter's maps: it keeps the set of deny prefixes, expands IPv4 ones
+// into bitmaps over the /24s (pfset.go, pure computation) and writes a
+// change as a plan of batch writes that is undone if any write fails
+// (prefilter.go).
 //
-// It imports fw, bpf/fw and cilium/ebpf. Its tests (build tag bpftest)
-// load the real programs and drive them with BPF_PROG_TEST_RUN.
+// It imports fw, bpf/fw and cilium/ebpf. Its unit tests drive the
+// prefilter's planning against a fake kernel; its tests with build tag
+// bpftest load the real programs (bpf/lb's too, which reads the same
+// prefilter maps) and drive them with BPF_PROG_TEST_RUN.
 package datapath

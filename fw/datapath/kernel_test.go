@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -24,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	bpffw "github.com/qbo/qbo/bpf/fw"
+	bpflb "github.com/qbo/qbo/bpf/lb"
 	"github.com/qbo/qbo/fw"
 	"github.com/qbo/qbo/fw/fwtest"
 )
@@ -54,6 +56,7 @@ type env struct {
 	ifidx  map[string]int
 	events *ebpf.Map
 	ns     string
+	dir    string // the pin directory
 }
 
 func newEnv(t testing.TB) *env {
@@ -90,7 +93,7 @@ func newEnv(t testing.TB) *env {
 	if err := json.Unmarshal([]byte(sh(t, "ip", "-n", ns, "-j", "link", "show")), &links); err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, f: f, dp: New(f.Maps()), ifidx: map[string]int{}, events: events, ns: ns}
+	e := &env{t: t, f: f, dp: New(f.Maps()), ifidx: map[string]int{}, events: events, ns: ns, dir: dir}
 	for _, l := range links {
 		e.ifidx[l.Name] = l.Ifindex
 	}
@@ -584,47 +587,281 @@ func TestCapacityRefusedBeforeAnyWrite(t *testing.T) {
 	}
 }
 
-func TestPrefilter(t *testing.T) {
-	e := newEnv(t)
-	pf := NewPrefilter(e.f.Maps())
-	if err := pf.Add([]netip.Prefix{pfx("10.198.3.0/24"), pfx("fd00:198:3::/48"), pfx("10.198.4.4/32")}); err != nil {
+// pfFrame is a UDP frame from src; the prefilter reads only the source.
+func pfFrame(src string) []byte {
+	dst := hostB
+	if a(src).Is6() {
+		dst = six2
+	}
+	return tpkt{src: a(src), dst: dst, proto: 17, sport: 9, dport: 9}.build()
+}
+
+func newPrefilter(t testing.TB, f *bpffw.Firewall) *Prefilter {
+	t.Helper()
+	pf, err := NewPrefilter(f.Maps())
+	if err != nil {
 		t.Fatal(err)
 	}
-	prog := e.f.Programs().FwXdpPrefilter
-	for _, c := range []struct {
+	return pf
+}
+
+// pfRun runs fw_xdp_prefilter on frame and returns its XDP verdict.
+func (e *env) pfRun(frame []byte) uint32 {
+	e.t.Helper()
+	got, err := e.f.Programs().FwXdpPrefilter.Run(&ebpf.RunOptions{Data: frame})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return got
+}
+
+const (
+	xdpDrop = 1
+	xdpPass = 2
+)
+
+func TestPrefilter(t *testing.T) {
+	e := newEnv(t)
+	pf := newPrefilter(t, e.f)
+	vlan := func(f []byte) []byte { // an 802.1Q tag before the IP header
+		return slices.Concat(f[:12], []byte{0x81, 0x00, 0, 7}, f[12:])
+	}
+	check := func(stage string, cases []struct {
 		name  string
 		frame []byte
 		want  uint32
-	}{
-		{"denied v4", tpkt{src: a("10.198.3.77"), dst: hostB, proto: 17}.build(), 1},
-		{"denied /32", tpkt{src: a("10.198.4.4"), dst: hostB, proto: 17}.build(), 1},
-		{"neighbour of /32", tpkt{src: a("10.198.4.5"), dst: hostB, proto: 17}.build(), 2},
-		{"allowed v4", tpkt{src: hostA, dst: hostB, proto: 17}.build(), 2},
-		{"denied v6", tpkt{src: a("fd00:198:3::9"), dst: six2, proto: 17}.build(), 1},
-		{"allowed v6", tpkt{src: six1, dst: six2, proto: 17}.build(), 2},
-		{"arp", append([]byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x06}, make([]byte, 28)...), 2},
-		{"truncated ip", tpkt{src: a("10.198.3.77"), dst: hostB, proto: 17}.build()[:20], 2},
-	} {
-		got, err := prog.Run(&ebpf.RunOptions{Data: c.frame})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got != c.want {
-			t.Errorf("%s: got %d want %d", c.name, got, c.want)
+	}) {
+		t.Helper()
+		for _, c := range cases {
+			if got := e.pfRun(c.frame); got != c.want {
+				t.Errorf("%s: %s: got %d want %d", stage, c.name, got, c.want)
+			}
 		}
 	}
+	type tc = struct {
+		name  string
+		frame []byte
+		want  uint32
+	}
+	// Empty maps: everything passes, and malformed or non-IP frames pass
+	// on to the full parser.
+	malformed := []tc{
+		{"arp", append([]byte{2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x06}, make([]byte, 28)...), xdpPass},
+		{"truncated ip", pfFrame("10.0.0.1")[:20], xdpPass},
+		{"truncated ipv6", pfFrame("fd00::1")[:40], xdpPass},
+		{"truncated vlan", vlan(pfFrame("10.0.0.1"))[:16], xdpPass},
+	}
+	check("empty", append([]tc{
+		{"v4", pfFrame("10.0.0.1"), xdpPass},
+		{"v4 zero", pfFrame("0.0.0.0"), xdpPass},
+		{"v4 broadcast", pfFrame("255.255.255.255"), xdpPass},
+		{"v6", pfFrame("fd00::1"), xdpPass},
+	}, malformed...))
 	st, err := pf.Stats()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st["drop"] != 3 || st["pass"] != 3 || st["not_ip"] != 1 || st["malformed"] != 1 {
+	if st["pass"] != 4 || st["drop"] != 0 || st["not_ip"] != 1 || st["malformed"] != 3 {
 		t.Errorf("stats %v", st)
 	}
-	if err := pf.Delete([]netip.Prefix{pfx("10.198.3.0/24")}); err != nil {
+
+	add := []netip.Prefix{pfx("10.0.0.0/8"), pfx("172.16.0.0/16"), pfx("192.168.2.0/23"), pfx("192.168.7.0/24"),
+		pfx("192.168.9.128/25"), pfx("192.168.10.6/31"), pfx("192.168.11.77/32"), pfx("fd00:198:3::/48"),
+		// Overlapping: a /32 and a /25 inside a /16, and the /16 inside the /8.
+		pfx("100.64.0.0/16"), pfx("100.64.3.0/25"), pfx("100.64.5.5/32"), pfx("10.9.0.0/16")}
+	if n, err := pf.Add(add); err != nil || n != len(add) {
+		t.Fatalf("add: %d %v", n, err)
+	}
+	if n, err := pf.Add(add[:3]); err != nil || n != 0 {
+		t.Fatalf("adding again: %d %v, want 0 changed", n, err)
+	}
+	loaded := []tc{
+		{"/8 first", pfFrame("10.0.0.0"), xdpDrop},
+		{"/8 last", pfFrame("10.255.255.255"), xdpDrop},
+		{"below /8", pfFrame("9.255.255.255"), xdpPass},
+		{"above /8", pfFrame("11.0.0.0"), xdpPass},
+		{"/16", pfFrame("172.16.200.1"), xdpDrop},
+		{"beside /16", pfFrame("172.17.0.1"), xdpPass},
+		{"/23 low half", pfFrame("192.168.2.1"), xdpDrop},
+		{"/23 high half", pfFrame("192.168.3.254"), xdpDrop},
+		{"beside /23", pfFrame("192.168.4.1"), xdpPass},
+		{"/24", pfFrame("192.168.7.9"), xdpDrop},
+		{"beside /24", pfFrame("192.168.6.255"), xdpPass},
+		{"/25 first", pfFrame("192.168.9.128"), xdpDrop},
+		{"/25 last", pfFrame("192.168.9.255"), xdpDrop},
+		{"other half of /25", pfFrame("192.168.9.127"), xdpPass},
+		{"/31 even", pfFrame("192.168.10.6"), xdpDrop},
+		{"/31 odd", pfFrame("192.168.10.7"), xdpDrop},
+		{"beside /31", pfFrame("192.168.10.8"), xdpPass},
+		{"/32", pfFrame("192.168.11.77"), xdpDrop},
+		{"neighbour of /32", pfFrame("192.168.11.78"), xdpPass},
+		{"v4 via vlan", vlan(pfFrame("192.168.11.77")), xdpDrop},
+		{"overlap /16", pfFrame("100.64.200.1"), xdpDrop},
+		{"overlap /25", pfFrame("100.64.3.1"), xdpDrop},
+		{"v6 in /48", pfFrame("fd00:198:3::9"), xdpDrop},
+		{"v6 outside", pfFrame("fd00:198:4::9"), xdpPass},
+	}
+	check("loaded", append(loaded, malformed...))
+
+	// Deleting a prefix another one overlaps keeps the other's addresses
+	// denied, both ways round.
+	if n, err := pf.Delete([]netip.Prefix{pfx("100.64.0.0/16"), pfx("10.9.0.0/16"), pfx("203.0.113.0/24")}); err != nil || n != 2 {
+		t.Fatalf("delete: %d %v, want 2 changed", n, err)
+	}
+	check("deleted /16s", []tc{
+		{"/25 inside deleted /16", pfFrame("100.64.3.1"), xdpDrop},
+		{"/32 inside deleted /16", pfFrame("100.64.5.5"), xdpDrop},
+		{"rest of deleted /16", pfFrame("100.64.200.1"), xdpPass},
+		{"deleted /16 inside /8", pfFrame("10.9.1.1"), xdpDrop},
+	})
+	if _, err := pf.Delete([]netip.Prefix{pfx("100.64.3.0/25"), pfx("10.0.0.0/8")}); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := prog.Run(&ebpf.RunOptions{Data: tpkt{src: a("10.198.3.77"), dst: hostB, proto: 17}.build()}); got != 2 {
-		t.Errorf("after delete: %d", got)
+	check("deleted /25 and /8", []tc{
+		{"the /25", pfFrame("100.64.3.1"), xdpPass},
+		{"the /32 beside it", pfFrame("100.64.5.5"), xdpDrop},
+		{"the /8", pfFrame("10.9.1.1"), xdpPass},
+	})
+	// The last IPv6 prefix gone: the trie is skipped again.
+	if n, err := pf.Delete([]netip.Prefix{pfx("fd00:198:3::/48")}); err != nil || n != 1 {
+		t.Fatalf("delete v6: %d %v", n, err)
+	}
+	check("no v6", []tc{{"v6", pfFrame("fd00:198:3::9"), xdpPass}})
+	var cfg bpffw.PFConfig
+	if err := e.f.Maps().QboPfCfg.Lookup(uint32(0), &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if want := (bpffw.PFConfig{V4Prefixes: uint32(len(add) - 5), V6Prefixes: 0}); cfg != want {
+		t.Errorf("config %+v, want %+v", cfg, want)
+	}
+}
+
+// TestPrefilterDifferential checks the program against a reference
+// (netip.Prefix.Contains over the set) for random sets of overlapping
+// IPv4 prefixes of every length, as they are added to and deleted from.
+func TestPrefilterDifferential(t *testing.T) {
+	e := newEnv(t)
+	pf := newPrefilter(t, e.f)
+	r := mrand.New(mrand.NewPCG(7, 8))
+	ref := refSet{}
+	for step := range 24 {
+		var batch []netip.Prefix
+		for range 1 + r.IntN(40) {
+			batch = append(batch, randPrefix(r))
+		}
+		if step%3 == 2 {
+			for q := range ref {
+				if r.IntN(2) == 0 {
+					batch = append(batch, q)
+				}
+			}
+			if _, err := pf.Delete(batch); err != nil {
+				t.Fatal(err)
+			}
+			for _, q := range batch {
+				delete(ref, q)
+			}
+		} else {
+			if _, err := pf.Add(batch); err != nil {
+				t.Fatal(err)
+			}
+			for _, q := range batch {
+				ref[q] = true
+			}
+		}
+		var set []netip.Prefix
+		for q := range ref {
+			set = append(set, q)
+		}
+		for _, x := range probes(r, set, 100) {
+			want := uint32(xdpPass)
+			if ref.contains(x) {
+				want = xdpDrop
+			}
+			if got := e.pfRun(pfFrame(x.String())); got != want {
+				t.Fatalf("step %d: %s: verdict %d, want %d (set %v)", step, x, got, want, set)
+			}
+		}
+		if !sameSet(pf.Prefixes(), ref) {
+			t.Fatalf("step %d: Prefixes %v, want %v", step, pf.Prefixes(), ref)
+		}
+	}
+}
+
+// A restarted qbod re-opens the pinned maps and reads the same set back;
+// one from before the bitmaps (only the record tries filled) gets its
+// lookup maps rebuilt.
+func TestPrefilterRestart(t *testing.T) {
+	e := newEnv(t)
+	pf := newPrefilter(t, e.f)
+	set := []netip.Prefix{pfx("10.0.0.0/8"), pfx("192.168.1.0/25"), pfx("192.168.1.200/32"), pfx("fd00::/64")}
+	if _, err := pf.Add(set); err != nil {
+		t.Fatal(err)
+	}
+	f2, err := bpffw.Load(bpffw.Options{PinDir: e.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f2.Close()
+	pf2, err := NewPrefilter(f2.Maps())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := pf2.Prefixes(); !slices.Equal(got, []netip.Prefix{set[0], set[1], set[2], set[3]}) {
+		t.Fatalf("after restart: %v, want %v", got, set)
+	}
+	// The old version's state: the record alone.
+	words := make([]uint32, bpffw.PrefilterV4Words)
+	for w := range words {
+		words[w] = uint32(w)
+	}
+	for _, m := range []*ebpf.Map{f2.Maps().QboPfV4Full, f2.Maps().QboPfV4Part} {
+		if _, err := m.BatchUpdate(words, make([]uint64, len(words)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f2.Maps().QboPfV4Host.Delete(uint32(192<<16 | 168<<8 | 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f2.Maps().QboPfCfg.Update(uint32(0), bpffw.PFConfig{}, ebpf.UpdateAny); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.pfRun(pfFrame("10.1.1.1")); got != xdpPass {
+		t.Fatalf("cleared bitmaps still drop: %d", got)
+	}
+	if _, err := NewPrefilter(f2.Maps()); err != nil {
+		t.Fatal(err)
+	}
+	for src, want := range map[string]uint32{"10.1.1.1": xdpDrop, "192.168.1.5": xdpDrop, "192.168.1.200": xdpDrop,
+		"192.168.1.199": xdpPass, "fd00::5": xdpDrop, "11.0.0.1": xdpPass} {
+		if got := e.pfRun(pfFrame(src)); got != want {
+			t.Errorf("after rebuilding: %s: %d, want %d", src, got, want)
+		}
+	}
+}
+
+// lb_xdp, which owns an uplink's XDP hook, runs the prefilter the firewall
+// fills: bpf/lb loaded in the same pin directory shares its maps by name.
+func TestPrefilterSharedWithLBXDP(t *testing.T) {
+	e := newEnv(t)
+	pf := newPrefilter(t, e.f)
+	lbo, err := bpflb.LoadUnattached(bpflb.Options{PinDir: e.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lbo.Close()
+	if _, err := pf.Add([]netip.Prefix{pfx("192.0.2.0/24"), pfx("198.51.100.7/32"), pfx("2001:db8::/32")}); err != nil {
+		t.Fatal(err)
+	}
+	for src, want := range map[string]uint32{"192.0.2.9": xdpDrop, "198.51.100.7": xdpDrop, "198.51.100.8": xdpPass,
+		"2001:db8::1": xdpDrop, "2001:db9::1": xdpPass} {
+		got, err := lbo.XDP().Run(&ebpf.RunOptions{Data: pfFrame(src)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("lb_xdp from %s: %d, want %d", src, got, want)
+		}
 	}
 }
 

@@ -166,7 +166,8 @@ func TestFirewallDeniesSSHFromOneCIDRAndAllowsAnother(t *testing.T) {
 	})
 
 	// The prefilter's deny list (enforced on uplinks by the XDP entry
-	// point; here only its bookkeeping and persistence are checked).
+	// point, see TestPrefilterDropsDeniedSourcesOnTheUplink; here its
+	// persistence across a restart that reuses the pinned maps).
 	d.fwQbo("add", "prefilter", "192.0.2.0/24", "2001:db8::/32")
 
 	// Rules persist: a restarted qbod restores them.
@@ -183,6 +184,10 @@ func TestFirewallDeniesSSHFromOneCIDRAndAllowsAnother(t *testing.T) {
 	}
 	if out := run(t, "bpftool", "map", "dump", "pinned", filepath.Join(d.pinDir, "qbo_pf_v4")); !strings.Contains(out, "0xc0 0x00 0x02") && !strings.Contains(out, "192") {
 		t.Errorf("prefilter map does not hold 192.0.2.0/24:\n%s", out)
+	}
+	// 192.0.2.0/24 is /24 number 0xc00002: bit 2 of word 0x30000.
+	if out := run(t, "bpftool", "-j", "map", "lookup", "pinned", filepath.Join(d.pinDir, "qbo_pf_v4_full"), "key", "0x00", "0x00", "0x03", "0x00"); !strings.Contains(out, `"value":4`) {
+		t.Errorf("the /24 bitmap does not deny 192.0.2.0/24: %s", out)
 	}
 
 	// Deleting the deny rule opens the port again.
@@ -444,4 +449,79 @@ func (d *daemon) firewallAttached(iface string) bool {
 	}
 	out, _, code := d.qbo("status", "-o", "json")
 	return code == 0 && json.Unmarshal([]byte(out), &st) == nil && slices.Contains(st.Systems.Firewall.Interfaces, iface)
+}
+
+// prefilterCount runs "qbo VERB prefilter CIDR..." and returns the count
+// its reply gives ("added" or "deleted").
+func (d *daemon) prefilterCount(verb string, cidrs ...string) int {
+	d.t.Helper()
+	out := d.fwQbo(append([]string{verb, "prefilter", "-o", "json"}, cidrs...)...)
+	var res map[string]int
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		d.t.Fatalf("%s prefilter: %v: %s", verb, err, out)
+	}
+	key := map[string]string{"add": "added", "delete": "deleted"}[verb]
+	n, ok := res[key]
+	if !ok {
+		d.t.Fatalf("%s prefilter: no %q in %s", verb, key, out)
+	}
+	return n
+}
+
+// The prefilter drops what it denies on the uplink, in lb_xdp before any
+// balancing, for IPv4 (/24 bitmap and host maps) and IPv6, and a delete
+// keeps what another prefix still covers.
+func TestPrefilterDropsDeniedSourcesOnTheUplink(t *testing.T) {
+	n := newLBNet(t)
+	d, _ := n.startNode(t)
+	d.mustQbo("add", "service", "web", "--vip", "10.199.100.1:80/tcp", "--backend", "10.199.1.2:8080")
+	d.mustQbo("add", "service", "web6", "--vip", "[fd00:199:100::1]:80/tcp", "--backend", "[fd00:199:1::2]:8080")
+	const v4, v6 = "10.199.100.1:80", "[fd00:199:100::1]:80"
+	reach := func(addr string) bool {
+		return inNetns(n.client, func() error { _, err := httpGet(addr); return err }) == nil
+	}
+	expect := func(stage string, want4, want6 bool) {
+		t.Helper()
+		if got := reach(v4); got != want4 {
+			t.Errorf("%s: IPv4 client reaches the service: %v, want %v", stage, got, want4)
+		}
+		if got := reach(v6); got != want6 {
+			t.Errorf("%s: IPv6 client reaches the service: %v, want %v", stage, got, want6)
+		}
+	}
+	expect("no prefilter", true, true)
+
+	// The client is 10.199.0.2: a /31 (a host map) and an overlapping /16.
+	if got := d.prefilterCount("add", "10.199.0.2/31", "10.199.0.0/16", "10.199.0.2/31"); got != 2 {
+		t.Errorf("add: %d added, want 2", got)
+	}
+	expect("client denied", false, true)
+	if got := d.prefilterCount("add", "10.199.0.0/16"); got != 0 {
+		t.Errorf("adding a listed prefix again: %d added, want 0", got)
+	}
+	if got := d.prefilterCount("delete", "10.199.0.0/16", "10.199.0.0/16"); got != 1 {
+		t.Errorf("delete: %d deleted, want 1", got)
+	}
+	expect("the /31 still covers the client", false, true)
+	d.prefilterCount("delete", "10.199.0.2/31")
+	expect("prefilter empty again", true, true)
+
+	d.prefilterCount("add", "fd00:199::2/128")
+	expect("IPv6 client denied", true, false)
+	d.prefilterCount("delete", "fd00:199::2/128")
+	expect("IPv6 prefix deleted", true, true)
+
+	var st struct {
+		Systems struct {
+			Firewall struct {
+				Prefilter map[string]uint64 `json:"prefilter"`
+			} `json:"firewall"`
+		} `json:"systems"`
+	}
+	if err := json.Unmarshal([]byte(d.mustQbo("status", "-o", "json")), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Systems.Firewall.Prefilter["drop"] == 0 || st.Systems.Firewall.Prefilter["pass"] == 0 {
+		t.Errorf("prefilter counters: %v", st.Systems.Firewall.Prefilter)
+	}
 }

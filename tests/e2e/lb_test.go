@@ -298,8 +298,10 @@ func (d *daemon) mustQbo(args ...string) string {
 	return out
 }
 
-func TestLoadBalancer(t *testing.T) {
-	n := newLBNet(t)
+// startNode runs qbod in the node namespace with up0 as its uplink and
+// returns it with the cgroup its socket LB is attached to.
+func (n *lbNet) startNode(t *testing.T) (*daemon, string) {
+	t.Helper()
 	// Socket LB goes to a cgroup of the test's own, not the root: the client
 	// namespace stands for hosts outside the node, and its connections (made
 	// by this process) must not be balanced at connect time.
@@ -315,6 +317,12 @@ func TestLoadBalancer(t *testing.T) {
 	}
 	d.extra = []string{"--uplink", "up0", "--config", cfg}
 	d.startInNetns(n.node)
+	return d, cg
+}
+
+func TestLoadBalancer(t *testing.T) {
+	n := newLBNet(t)
+	d, cg := n.startNode(t)
 
 	d.mustQbo("add", "service", "web", "--vip", "10.199.100.1:80/tcp",
 		"--backend", "10.199.1.2:8080", "--backend", "10.199.2.2:8080", "--backend", "10.199.3.2:8080@2")
