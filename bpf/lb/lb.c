@@ -324,23 +324,35 @@ static __always_inline void lb_fix_udp0(struct qbo_pkt *pkt, __u16 *c)
 		*c = 0xffff;
 }
 
+/* csum_delta4 / csum_delta2: the one's complement difference of replacing
+ * from with to, to be added to a checksum with csum_apply. */
+static __always_inline __u32 csum_delta4(__u32 from, __u32 to)
+{
+	return (~from & 0xffff) + (~from >> 16) + (to & 0xffff) + (to >> 16);
+}
+
+static __always_inline __u32 csum_delta2(__u16 from, __u16 to) { return (__u16)~from + (__u32)to; }
+
+static __always_inline void csum_apply(__u16 *sum, __u32 delta)
+{
+	*sum = ~csum_fold((__u16)~*sum + delta);
+}
+
 /* lb_dnat rewrites the destination address (and port, when the packet has
- * ports) to the backend's. */
+ * ports) to the backend's; the L4 checksum gets one update for all of it. */
 static __always_inline int lb_dnat(void *data, void *data_end, struct qbo_pkt *pkt,
 				   const struct lb_backend *be)
 {
 	__u16 *l4c = lb_l4_csum(data, data_end, pkt);
+	__u32 d4 = 0;
 	if (pkt->family == 4) {
 		struct qbo_iphdr *ip = qbo_ptr(data, data_end, pkt->l3_off, sizeof(*ip));
 		if (!ip)
 			return -1;
 		__u32 old;
 		__builtin_memcpy(&old, ip->daddr, 4);
-		csum_replace4(&ip->check, old, be->addr[0]);
-		if (l4c) {
-			csum_replace4(l4c, old, be->addr[0]);
-			lb_fix_udp0(pkt, l4c);
-		}
+		d4 = csum_delta4(old, be->addr[0]);
+		csum_apply(&ip->check, d4);
 		__builtin_memcpy(ip->daddr, &be->addr[0], 4);
 	} else {
 		struct qbo_ipv6hdr *ip6 = qbo_ptr(data, data_end, pkt->l3_off, sizeof(*ip6));
@@ -351,22 +363,20 @@ static __always_inline int lb_dnat(void *data, void *data_end, struct qbo_pkt *p
 		for (i = 0; i < 4; i++) {
 			__u32 old;
 			__builtin_memcpy(&old, ip6->daddr + 4 * i, 4);
-			if (l4c)
-				csum_replace4(l4c, old, be->addr[i]);
+			d4 += csum_delta4(old, be->addr[i]);
 		}
-		if (l4c)
-			lb_fix_udp0(pkt, l4c);
 		__builtin_memcpy(ip6->daddr, be->addr, 16);
 	}
 	if (pkt->flags & QBO_PKT_PORTS) {
 		struct qbo_l4ports *p = qbo_ptr(data, data_end, pkt->l4_off, sizeof(*p));
 		if (!p)
 			return -1;
-		if (l4c) {
-			csum_replace2(l4c, p->dest, be->port);
-			lb_fix_udp0(pkt, l4c);
-		}
+		d4 += csum_delta2(p->dest, be->port);
 		p->dest = be->port;
+	}
+	if (l4c) {
+		csum_apply(l4c, d4);
+		lb_fix_udp0(pkt, l4c);
 	}
 	return 0;
 }

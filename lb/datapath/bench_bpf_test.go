@@ -111,6 +111,36 @@ func BenchmarkXDP(b *testing.B) {
 	})
 }
 
+// BenchmarkXDPRatio measures the established flow and the XDP_PASS floor
+// side by side in interleaved rounds (200,000 repeats of each per round),
+// so that load from elsewhere on the machine hits both alike, and reports
+// the medians and the median of the per-round ratios. b.N is the number of
+// rounds.
+func BenchmarkXDPRatio(b *testing.B) {
+	e := newEnv(b)
+	selfService(e)
+	est := pktSpec{src: client4, dst: vip4, sport: 40000, dport: 80, proto: 6}.bytes()
+	pass := passProg(b)
+	var floor, lbx, ratio []float64
+	for range b.N {
+		_, df, err := pass.Benchmark(est, 200_000, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ret, de, err := e.obj.XDP().Benchmark(est, 200_000, nil)
+		if err != nil || ret != xdpPass {
+			b.Fatalf("verdict %d, %v", ret, err)
+		}
+		floor = append(floor, float64(df.Nanoseconds()))
+		lbx = append(lbx, float64(de.Nanoseconds()))
+		ratio = append(ratio, float64(de)/float64(df))
+	}
+	med := func(v []float64) float64 { slices.Sort(v); return v[len(v)/2] }
+	b.ReportMetric(med(floor), "floor-ns/pkt")
+	b.ReportMetric(med(lbx), "established-ns/pkt")
+	b.ReportMetric(med(ratio), "ratio")
+}
+
 func BenchmarkXDPServices(b *testing.B) {
 	for _, n := range []int{1, 10_000, 100_000} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
