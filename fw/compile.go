@@ -3,6 +3,7 @@ package fw
 import (
 	"cmp"
 	"fmt"
+	"math/bits"
 	"net/netip"
 	"slices"
 )
@@ -125,11 +126,7 @@ func PortBlocks(r PortRange) []PortBlock {
 		for lo+size-1 > hi {
 			size /= 2
 		}
-		bits := 16
-		for s := size; s > 1; s /= 2 {
-			bits--
-		}
-		out = append(out, PortBlock{uint16(lo), uint8(bits)})
+		out = append(out, PortBlock{uint16(lo), uint8(16 - bits.TrailingZeros(uint(size)))})
 		lo += size
 	}
 	return out
