@@ -1,6 +1,6 @@
 // Package fw is the firewall's control plane: the rule model, the
 // reference semantics, and the pure compilation of a rule set into the
-// per-field tables the datapath classifies with. It imports only the
+// tuple space search tables the datapath classifies with. It imports only the
 // standard library (net/netip) and internal/statefile; fw/datapath turns a Compiled into bpf/fw's
 // maps, and cmd/qbod wires both to the "firewall" mirror.
 //
@@ -27,36 +27,58 @@
 //
 // # Classification scheme
 //
-// Rules are numbered in priority order; bit i of a bitmap is rule i. For
-// every field, Compile builds a table from field value to the bitmap of
-// rules that field value satisfies:
+// Tuple space search, as in Open vSwitch's classifier. Rules are numbered
+// by priority (position 0 first). Each rule belongs to a scope: the
+// node-wide rules of a hook, or an interface's hook for rules targeting an
+// interface or an instance (once per interface of the instance). Within a
+// scope and address family, rules are grouped by mask tuple: source prefix
+// length, destination prefix length, protocol compared or not, and how
+// many leading bits of the destination port are compared. A port range is
+// split into the fewest aligned power-of-two blocks (PortBlocks: 22 is one
+// block of 16 bits, 8000-8100 four blocks of 10, 11, 14 and 16 bits; no
+// port is 0 bits), each block going to the tuple of its size. Every
+// (scope, tuple, masked field values) is one hash entry (Compiled.Entries)
+// whose value is the best (lowest) rule position producing it; a rule
+// without prefixes goes into both families.
 //
-//   - scope: (interface, hook) -> rules targeting it, plus its default;
-//   - source and destination: an LPM trie per family; each prefix's bitmap
-//     also holds the rules of every shorter prefix containing it, so one
-//     longest-prefix lookup gives every rule whose prefix contains the
-//     address (rules without a prefix live in /0);
-//   - protocol: tcp, udp, icmp, icmpv6 and "other" -> rules;
-//   - destination port: the port space cut at every rule boundary into
-//     intervals; a 64Ki array maps a port to its interval, a hash maps the
-//     interval to its bitmap (port 0 stands for "no port").
+// Each interface hook has a search list per family: its own tuples and
+// its hook's node-wide ones, sorted by the best position any of their
+// entries holds. A packet masks its fields with each tuple's masks in
+// turn, does one hash lookup, keeps the lowest position found, and stops
+// as soon as the next tuple's best is not better than that (OVS's
+// priority-sorted subtable search). The lowest position found decides;
+// none found, the scope's default. Compiled.Classify is this walk in Go.
+// The cost per packet is one hash lookup per tuple searched: it depends
+// on how many kinds of rule there are, not on how many rules; a packet
+// that matches an early rule stops early, one that matches nothing looks
+// in every tuple of its family.
 //
-// The verdict is the lowest set bit of the AND of the five bitmaps, else
-// the default. Each bitmap carries a summary word per 64 words (bit j set
-// when word j is non-zero); the datapath ANDs the summaries after each
-// lookup, stops as soon as they are empty, and otherwise visits only the
-// candidate words in order. Cost per packet is five lookups plus the
-// candidate words: constant when fields select disjoint rule groups,
-// and at worst proportional to MaxRules/64 words when many words hold
-// rules that match in every field but never the same rule (see
-// docs/BENCHMARKS.md for both cases). This is the bpf-iptables design
-// (per-field lookups combined by bitmaps) plus the summary level.
+// When an interface hook would search more than MaxTuples tuples of one
+// family, Compile merges tuples (controlled expansion): tuple A joins a
+// tuple B of the same scope that compares the same protocol and at least
+// A's bits of every other field, each A entry expanded into the 2^k
+// entries of the k extra bits (k <= 12). A packet's B-masked key equals
+// one of those exactly when it matched the A entry, so verdicts are
+// unchanged; the cheapest merge (fewest added entries) goes first. A set
+// that still does not fit is refused whole with ErrCapacity, naming the
+// interface, hook and family. 65,536 rules of a few kinds fit without
+// merging; fwtest.LargeRuleSet's mixed sets (three prefix lengths per
+// family, port ranges) need 78 tuples and fit, merged, at the sizes
+// tested (1,000 to 65,536 rules). Sets that combine many source prefix lengths with many
+// destination prefix lengths and many range sizes at one interface do
+// not: fwtest.RuleSet's random sets (six lengths each, ranges of 1-100
+// ports) need about 90 tuples, merge up to about 1,000 rules and are
+// refused from about 2,000.
 //
 // # Limits
 //
-// DefaultLimits: 16384 rules (bitmaps of 256 words + 4 summary words, 2080
-// bytes per table entry), 16385 distinct prefixes per field and family, 256
-// attached interfaces. Table memory grows with distinct prefixes times
-// bitmap size, which is why the rule limit is not higher: a set that does
-// not fit is refused whole with ErrCapacity, never partially applied.
+// DefaultLimits (the maps in bpf/fw/fw.c): 65,536 rules, 64 tuples
+// searched per interface, hook and family, 262,144 hash entries per family
+// (one per rule, port block and interface), 256 attached interfaces. A set
+// that does not fit is refused whole with ErrCapacity, never partially
+// applied. Every table is keyed or indexed by a generation bit; a new set
+// is written into the inactive half and switched in with one word, so the
+// entry limit is per set, and per-rule counter slots (MaxRules of them)
+// are reused from removed rules only when old and new sets together need
+// more.
 package fw

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/qbo/qbo/fw"
@@ -81,13 +82,96 @@ func TestInstanceTargetFlipsHook(t *testing.T) {
 func TestCapacityIsRefusedWhole(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	s := fwtest.RuleSet(r, 11, nil)
-	_, err := fw.Compile(s, fw.Resolved{fw.Node: {"eth0"}}, fw.Limits{MaxRules: 10, MaxPrefixes: 100, MaxIfaces: 4})
-	if !errors.Is(err, fw.ErrCapacity) {
-		t.Fatalf("want ErrCapacity, got %v", err)
+	res := fw.Resolved{fw.Node: {"eth0"}}
+	for _, c := range []struct {
+		name string
+		lim  fw.Limits
+	}{
+		{"rules", fw.Limits{MaxRules: 10, MaxTuples: 64, MaxEntries: 1000, MaxIfaces: 4}},
+		{"tuples", fw.Limits{MaxRules: 100, MaxTuples: 1, MaxEntries: 1000, MaxIfaces: 4}},
+		{"entries", fw.Limits{MaxRules: 100, MaxTuples: 64, MaxEntries: 2, MaxIfaces: 4}},
+		{"interfaces", fw.Limits{MaxRules: 100, MaxTuples: 64, MaxEntries: 1000, MaxIfaces: 0}},
+	} {
+		if _, err := fw.Compile(s, res, c.lim); !errors.Is(err, fw.ErrCapacity) {
+			t.Errorf("%s: want ErrCapacity, got %v", c.name, err)
+		}
 	}
-	_, err = fw.Compile(s, fw.Resolved{fw.Node: {"eth0"}}, fw.Limits{MaxRules: 100, MaxPrefixes: 2, MaxIfaces: 4})
-	if !errors.Is(err, fw.ErrCapacity) {
-		t.Fatalf("want ErrCapacity for prefixes, got %v", err)
+	if _, err := fw.Compile(s, res, fw.Limits{MaxRules: 11, MaxTuples: 64, MaxEntries: 1000, MaxIfaces: 1}); err != nil {
+		t.Errorf("a set that fits exactly: %v", err)
+	}
+}
+
+// TestTupleMerging: 75 mask tuples at one hook are more than a scope
+// may search; Compile merges tuples by expanding entries until 64 are
+// left, and classification is unchanged.
+func TestTupleMerging(t *testing.T) {
+	var s fw.RuleSet
+	for sb := 8; sb <= 32; sb++ {
+		for _, db := range []int{0, 8, 16} {
+			r := fw.Rule{Name: fmt.Sprintf("s%d-d%d", sb, db), Priority: (sb*7 + db) % 13, Action: fw.Allow,
+				Src: netip.PrefixFrom(netip.MustParseAddr("10.198.1.7"), sb).Masked()}
+			if sb%2 == 0 {
+				r.Action = fw.Deny
+			}
+			if db > 0 {
+				r.Dst = netip.PrefixFrom(netip.MustParseAddr("10.198.2.9"), db).Masked()
+			}
+			s.Rules = append(s.Rules, r)
+		}
+	}
+	res := fw.Resolved{fw.Node: {"eth0"}}
+	c, err := fw.Compile(s, res, fw.DefaultLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := c.ScopeID(fw.Scope{Iface: "eth0", Hook: fw.Ingress})
+	if n := len(c.Scopes[id].Search[fw.IPv4]); n != 64 {
+		t.Errorf("%d tuples searched, want 64 (75 merged down)", n)
+	}
+	for _, src := range []string{"10.198.1.7", "10.198.1.6", "10.198.0.7", "10.199.1.7", "10.0.0.1", "11.198.1.7", "10.198.1.135"} {
+		for _, dst := range []string{"10.198.2.9", "10.198.3.9", "10.199.2.9", "11.0.0.1"} {
+			p := fw.Packet{Iface: "eth0", Hook: fw.Ingress, Src: netip.MustParseAddr(src), Dst: netip.MustParseAddr(dst), Proto: fw.ProtoTCP, DPort: 80}
+			if got, want := c.Classify(p), fw.Evaluate(&s, res, p); got != want {
+				t.Errorf("%s -> %s: compiled %+v, model %+v", src, dst, got, want)
+			}
+		}
+	}
+}
+
+func TestPortBlocks(t *testing.T) {
+	for _, c := range []struct {
+		r    fw.PortRange
+		want []fw.PortBlock
+	}{
+		{fw.PortRange{}, []fw.PortBlock{{0, 0}}},
+		{fw.PortRange{Lo: 22, Hi: 22}, []fw.PortBlock{{22, 16}}},
+		{fw.PortRange{Lo: 8000, Hi: 8100}, []fw.PortBlock{{8000, 10}, {8064, 11}, {8096, 14}, {8100, 16}}},
+		{fw.PortRange{Lo: 1, Hi: 65535}, nil}, // checked by coverage below
+	} {
+		got := fw.PortBlocks(c.r)
+		if c.want != nil && !slices.Equal(got, c.want) {
+			t.Errorf("%v: got %v, want %v", c.r, got, c.want)
+		}
+	}
+	// Every range is covered exactly, by aligned blocks, in ascending order.
+	r := rand.New(rand.NewPCG(5, 6))
+	for i := 0; i < 2000; i++ {
+		lo := 1 + r.IntN(65535)
+		hi := lo + r.IntN(65536-lo)
+		if i == 0 {
+			lo, hi = 1, 65535
+		}
+		next := lo
+		for _, b := range fw.PortBlocks(fw.PortRange{Lo: uint16(lo), Hi: uint16(hi)}) {
+			size := 1 << (16 - int(b.Bits))
+			if int(b.Value) != next || int(b.Value)%size != 0 {
+				t.Fatalf("%d-%d: block %+v at %d", lo, hi, b, next)
+			}
+			next += size
+		}
+		if next != hi+1 {
+			t.Fatalf("%d-%d: blocks end at %d", lo, hi, next-1)
+		}
 	}
 }
 
@@ -167,13 +251,17 @@ func FuzzCompileAgreesWithModel(f *testing.F) {
 }
 
 // BenchmarkCompile compiles rule sets of growing size (the control
-// plane's cost of a replacement, before any map write).
+// plane's cost of a replacement, before any map write): fwtest's
+// LargeRuleSet, whose port ranges and prefix lengths need tuple merging.
+// (fwtest.RuleSet's sets, which draw every field from a handful of
+// values, need about 90 tuples at one interface; from about 2,000 rules
+// merging them would exceed the entry limit, and they are refused.)
 func BenchmarkCompile(b *testing.B) {
-	for _, n := range []int{10, 1000, 10000} {
-		s := fwtest.RuleSet(rand.New(rand.NewPCG(9, 9)), n, []string{"eth0", "veth1"})
+	for _, n := range []int{10, 1000, 10000, 65536} {
+		s := fwtest.LargeRuleSet(rand.New(rand.NewPCG(9, 9)), n, "eth1")
 		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				if _, err := fw.Compile(s, fw.Resolved{fw.Node: {"eth0"}}, fw.DefaultLimits); err != nil {
+				if _, err := fw.Compile(s, fw.Resolved{fw.Node: {"eth0", "eth1"}}, fw.DefaultLimits); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -209,5 +297,44 @@ func TestNormalizePrefix(t *testing.T) {
 	}
 	if got := fw.NormalizePrefix(netip.Prefix{}); got.IsValid() {
 		t.Errorf("invalid prefix normalized to %s", got)
+	}
+}
+
+// TestLargeRuleSets compiles 65,536-rule sets (the benchmark's, and a
+// busier mixed set with ranges, prefixes of several lengths and both
+// families) and checks sampled packets against the reference model.
+func TestLargeRuleSets(t *testing.T) {
+	const n = 65536
+	rnd := rand.New(rand.NewPCG(11, 12))
+	res := fw.Resolved{fw.Node: {"eth0", "eth1"}}
+	for _, c := range []struct {
+		name string
+		s    fw.RuleSet
+		hook fw.Direction
+	}{
+		{"benchmark", fwtest.BenchRules(n, "eth0"), fw.Egress},
+		{"mixed", fwtest.LargeRuleSet(rnd, n, "eth1"), fw.Ingress},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cs, err := fw.Compile(c.s, res, fw.DefaultLimits)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Evaluate is a linear scan that validates and sorts the set
+			// on every call (about 0.1 s at this size): sample packets,
+			// half built to match a random rule, half random.
+			for i := 0; i < 64; i++ {
+				iface := []string{"eth0", "eth1"}[rnd.IntN(2)]
+				p := fwtest.PacketFor(c.s.Rules[rnd.IntN(n)], iface, c.hook)
+				if i%2 == 1 {
+					p.Src = netip.AddrFrom4([4]byte{10, byte(rnd.IntN(4)), byte(rnd.IntN(256)), byte(rnd.IntN(256))})
+					p.Dst, p.Proto, p.DPort = netip.MustParseAddr("10.198.0.2"), fw.ProtoTCP, uint16(1+rnd.IntN(65535))
+				}
+				want := fw.Evaluate(&c.s, res, p)
+				if got := cs.Classify(p); got != want {
+					t.Fatalf("packet %+v: compiled %+v, model %+v", p, got, want)
+				}
+			}
+		})
 	}
 }

@@ -87,7 +87,7 @@ func (r Resolved) appliesAt(t Target, d Direction, iface string, hook Direction)
 }
 
 // sorted returns the rules in priority order: lower priority first, ties
-// by name. This order is the bit order of the compiled bitmaps.
+// by name. This order is the rule positions of a Compiled.
 func sorted(rules []Rule) []Rule {
 	out := slices.Clone(rules)
 	slices.SortFunc(out, func(a, b Rule) int {

@@ -5,18 +5,33 @@
  * qbo stateful firewall: TCX ingress and egress programs, plus the XDP
  * deny prefilter for interfaces whose XDP entry point no other object owns.
  *
- * Classification (see fw/doc.go for the scheme and its limits): the active
- * generation's tables give one bitmap of rules per field (scope =
- * interface+hook, source prefix, destination prefix, protocol, destination
- * port interval); the verdict is the rule of the lowest bit set in their
- * AND, found through 64-bit summary words, or the scope's default policy.
- * Every table is keyed by generation, and a packet reads the active
- * generation once, so it is judged by one whole rule set.
+ * Classification is tuple space search (see fw/doc.go for the scheme and
+ * its limits). Rules are numbered by priority (position 0 first). Within a
+ * scope (an interface's hook, or the node-wide rules of a hook) the rules
+ * are grouped by mask tuple: source and destination prefix length,
+ * protocol compared or not, and how many leading destination-port bits
+ * are compared (a port range is split into aligned power-of-two blocks).
+ * Each (scope, tuple, masked field values) is one entry of fw_tss4 or
+ * fw_tss6 holding the best rule position producing it. A packet's scope
+ * entry lists, per family, the tuples to search (the interface's own and
+ * its hook's node-wide ones) sorted by the best position each holds; the
+ * walk masks the packet's fields with each tuple's masks, does one hash
+ * lookup, keeps the lowest position, and stops once the next tuple's best
+ * cannot beat it. No match: the scope's default policy.
  *
- * State: an allowed new flow is recorded in fw_ct (per interface); its
- * later packets and its replies pass without classification, as do ICMP
- * errors quoting it. First fragments record their verdict in fw_frags so
- * later fragments (which carry no ports) follow it.
+ * Every table is keyed by (or indexed by) generation, and a packet reads
+ * the active generation once, so it is judged by one whole rule set.
+ *
+ * State: an allowed new flow is recorded in fw_ct_v2 (per interface,
+ * keyed by its two endpoints in a canonical order, so that a packet and
+ * its reply find the entry with one lookup); its later packets and its
+ * replies pass without classification, as do ICMP errors quoting it.
+ * First fragments record their verdict in fw_frags so later fragments
+ * (which carry no ports) follow it.
+ *
+ * Maps whose layout or meaning changed from the bitmap scheme carry a
+ * _v2 name, so that an upgraded object never shares a map with the old
+ * programs still attached until qbod updates their links.
  */
 #include "qbo_vmlinux.h"
 #include "qbo_uapi.h"
@@ -28,17 +43,16 @@
 
 char __license[] SEC("license") = "Dual BSD/GPL";
 
-#define FW_MAX_RULES 16384
-#define FW_WORDS (FW_MAX_RULES / 64)
-#define FW_SUMMARY (FW_WORDS / 64)
-#define FW_MAX_PREFIXES 16385
+#define FW_MAX_RULES 65536
+#define FW_MAX_TUPLES 64     /* searched per interface, hook and family */
+#define FW_MAX_ENTRIES 262144 /* per family and generation */
 #define FW_MAX_IFACES 256
-#define FW_PORTS 65536
-#define FW_MAX_INTERVALS (2 * FW_MAX_RULES + 1)
+#define FW_IFINDEX_DIRECT 65536 /* ifindexes below this find their slot by array */
 #define FW_CT_SIZE 262144
 #define FW_FRAG_SIZE 16384
 #define FW_LOG_PER_SEC 100 /* deny events per CPU per second */
 #define FW_SLOT_DEFAULT 0xffffffff
+#define FW_NO_RULE 0xffffffff
 
 /* TCX verdicts: allow hands the packet to the next program (the load
  * balancer's reverse NAT may follow the firewall). */
@@ -78,46 +92,65 @@ enum fw_stat {
 	FW_ST_MAX = 18,
 };
 
-/* A bitmap of rules in priority order, with summary[i] bit j set when
- * w[i*64+j] is non-zero. */
-struct fw_bits {
-	__u64 summary[FW_SUMMARY];
-	__u64 w[FW_WORDS];
+/* One mask tuple in a scope's IPv4 search list. Masks are in network
+ * order, as the packet's fields are. */
+struct fw_tuple4 {
+	__u32 hdr;  /* the key's first word: generation, owning scope, tuple id */
+	__u32 best; /* the lowest rule position among the tuple's entries */
+	__be32 smask;
+	__be32 dmask;
+	__be16 pmask;
+	__u8 protomask;
+	__u8 pad;
 };
 
-struct fw_scope_key {
+struct fw_tuple6 {
+	__u32 hdr;
+	__u32 best;
+	__be32 smask[4];
+	__be32 dmask[4];
+	__be16 pmask;
+	__u8 protomask;
+	__u8 pad;
+};
+
+/* An interface's slot for ifindexes from FW_IFINDEX_DIRECT up. */
+struct fw_ifslot_key {
 	__u32 gen;
 	__u32 ifindex;
-	__u32 hook;
 };
 
 struct fw_scope_val {
 	__u32 deflt; /* enum fw_action */
+	__u32 n4;    /* tuples in t4, sorted by best */
+	__u32 n6;
 	__u32 pad;
-	struct fw_bits bits;
+	struct fw_tuple4 t4[FW_MAX_TUPLES];
+	struct fw_tuple6 t6[FW_MAX_TUPLES];
 };
 
-/* LPM keys: the generation is the first 32 bits of the matched data, so
- * prefixlen is 32 + the address prefix length. */
-struct fw_lpm4_key {
-	__u32 prefixlen;
-	__u32 gen;
-	__u8 addr[4];
+/* An entry's key: a packet's fields masked by one tuple's masks. The
+ * value is the best rule position (__u32) producing it. */
+struct fw_key4 {
+	__u32 hdr;
+	__be32 src;
+	__be32 dst;
+	__be16 port;
+	__u8 proto; /* ICMPv6 is ICMP */
+	__u8 pad;
 };
 
-struct fw_lpm6_key {
-	__u32 prefixlen;
-	__u32 gen;
-	__u8 addr[16];
-};
-
-struct fw_gen_key {
-	__u32 gen;
-	__u32 id; /* protocol number (0 = any other), or port interval */
+struct fw_key6 {
+	__u32 hdr;
+	__be32 src[4];
+	__be32 dst[4];
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
 };
 
 struct fw_rule {
-	__u32 slot;  /* index into fw_counters, stable across rule sets */
+	__u32 slot;  /* index into fw_counters_v2, stable across rule sets */
 	__u8 action; /* enum fw_action */
 	__u8 log;
 	__u16 pad;
@@ -135,21 +168,25 @@ struct fw_config {
 	__u32 pad;
 };
 
+/* A flow: its two endpoints in canonical order (a before b, comparing
+ * address words, then ports), so both directions share one entry. */
 struct fw_ct_key {
 	__u32 ifindex;
 	__u8 family;
 	__u8 proto;
-	__be16 sport;
-	__be16 dport;
+	__be16 port_a;
+	__be16 port_b;
 	__u16 pad;
-	__be32 saddr[4];
-	__be32 daddr[4];
+	__be32 addr_a[4];
+	__be32 addr_b[4];
 };
 
 struct fw_ct_val {
 	__u64 created_ns;
 	__u32 generation; /* fw_config.generation that allowed the flow */
-	__u32 hook;       /* where the flow's first packet was seen */
+	__u8 hook;        /* where the flow's first packet was seen */
+	__u8 first_b;     /* the flow's first packet came from endpoint b */
+	__u16 pad;
 };
 
 struct fw_frag_key {
@@ -176,7 +213,7 @@ struct fw_rate {
 struct fw_deny_event {
 	struct qbo_event_hdr hdr;
 	__u32 ifindex;
-	__u32 slot; /* fw_rules slot of the deciding rule */
+	__u32 slot; /* fw_rules_v2 slot of the deciding rule */
 	__u8 family;
 	__u8 proto;
 	__u8 hook;
@@ -190,66 +227,61 @@ struct fw_deny_event {
 };
 
 struct {
-	__uint(type, QBO_MAP_TYPE_LPM_TRIE);
-	__type(key, struct fw_lpm4_key);
-	__type(value, struct fw_bits);
-	__uint(max_entries, 2 * FW_MAX_PREFIXES);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct fw_key4);
+	__type(value, __u32);
+	__uint(max_entries, 2 * FW_MAX_ENTRIES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_src4 SEC(".maps"), fw_dst4 SEC(".maps");
-
-struct {
-	__uint(type, QBO_MAP_TYPE_LPM_TRIE);
-	__type(key, struct fw_lpm6_key);
-	__type(value, struct fw_bits);
-	__uint(max_entries, 2 * FW_MAX_PREFIXES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_src6 SEC(".maps"), fw_dst6 SEC(".maps");
+} fw_tss4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct fw_gen_key);
-	__type(value, struct fw_bits);
-	__uint(max_entries, 16);
+	__type(key, struct fw_key6);
+	__type(value, __u32);
+	__uint(max_entries, 2 * FW_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_proto SEC(".maps");
+} fw_tss6 SEC(".maps");
 
-/* Port -> interval id, for generation g at g*65536 + port. */
+/* Attached interfaces: generation g's slot + 1 of ifindex i at
+ * g*FW_IFINDEX_DIRECT + i (0: not attached). An array lookup is inlined
+ * by the verifier, a hash lookup costs as much as a tuple's; larger
+ * ifindexes (hosts that have created many interfaces) use fw_ifslot_hi. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, __u32);
-	__uint(max_entries, 2 * FW_PORTS);
+	__uint(max_entries, 2 * FW_IFINDEX_DIRECT);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_port_idx SEC(".maps");
+} fw_ifslot SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct fw_gen_key);
-	__type(value, struct fw_bits);
-	__uint(max_entries, 2 * FW_MAX_INTERVALS);
+	__type(key, struct fw_ifslot_key);
+	__type(value, __u32);
+	__uint(max_entries, 2 * FW_MAX_IFACES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_ports SEC(".maps");
+} fw_ifslot_hi SEC(".maps");
 
+/* Scope of (generation g, slot s, hook h) at (g*FW_MAX_IFACES + s)*2 + h. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct fw_scope_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
 	__type(value, struct fw_scope_val);
-	__uint(max_entries, 2 * 2 * FW_MAX_IFACES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 2 * FW_MAX_IFACES * 2);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_scopes SEC(".maps");
+} fw_scopes_v2 SEC(".maps");
 
-/* Bit i of generation g at g*FW_MAX_RULES + i. */
+/* Rule position i of generation g at g*FW_MAX_RULES + i. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct fw_rule);
 	__uint(max_entries, 2 * FW_MAX_RULES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_rules SEC(".maps");
+} fw_rules_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -257,7 +289,7 @@ struct {
 	__type(value, struct fw_counter);
 	__uint(max_entries, FW_MAX_RULES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_counters SEC(".maps");
+} fw_counters_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -265,7 +297,7 @@ struct {
 	__type(value, struct fw_config);
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_cfg SEC(".maps");
+} fw_cfg_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -273,7 +305,7 @@ struct {
 	__type(value, struct fw_ct_val);
 	__uint(max_entries, FW_CT_SIZE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_ct SEC(".maps");
+} fw_ct_v2 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -307,33 +339,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fw_ratelimit SEC(".maps");
 
+/* Per-CPU counters are only written by programs on their CPU, with
+ * migration disabled: a plain add is enough, and unlike an atomic one it
+ * costs no locked instruction on every packet. */
 static __always_inline int fw_count(__u32 stat, int verdict)
 {
 	__u64 *c = bpf_map_lookup_elem(&fw_stats, &stat);
 	if (c)
-		__sync_fetch_and_add(c, 1);
+		*c += 1;
 	return verdict;
 }
 
-/* Index of the lowest set bit of x (x != 0), branch-free (de Bruijn) so
- * that the verifier walks one path per loop iteration, not 64. */
-static const __u8 fw_debruijn[64] = {
-	0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4,
-	62, 55, 59, 36, 53, 51, 43, 22, 45, 39, 33, 30, 24, 18, 12, 5,
-	63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23, 11,
-	46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6,
-};
-
-static __always_inline __u32 fw_ctz(__u64 x)
-{
-	return fw_debruijn[(((x & -x) * 0x03f79d71b4cb0a89ULL) >> 58) & 63];
-}
-
 /* The header fields classification looks at. */
-struct fw_tuple {
+struct fw_fields {
 	__u8 family;
-	__u8 proto;
-	__u16 dport; /* host order; 0 when the packet has no ports */
+	__u8 proto; /* ICMPv6 is ICMP */
+	__be16 dport; /* 0 when the packet has no ports */
 	__be32 saddr[4];
 	__be32 daddr[4];
 };
@@ -344,98 +365,88 @@ enum fw_class {
 	FW_CLASS_RULE = 2,
 };
 
-/* fw_first_bit ANDs five bitmaps and returns the lowest set bit, or -1;
- * sum is the AND of their summaries (the candidate words). */
-static __always_inline int fw_first_bit(__u64 *sum, struct fw_bits *a, struct fw_bits *b,
-					struct fw_bits *c, struct fw_bits *d, struct fw_bits *e)
+/* fw_search4/6 walk a scope's search list and return the lowest rule
+ * position any tuple's entry gives, or FW_NO_RULE. The list is sorted by
+ * each tuple's best position, so once that is not below the best found
+ * no later tuple can improve on it. */
+static __always_inline __u32 fw_search4(struct fw_scope_val *sc, struct fw_fields *f)
 {
-	for (int i = 0; i < FW_SUMMARY; i++) {
-		__u64 s = sum[i];
-		for (int j = 0; j < 64 && s; j++) {
-			__u32 w = (i * 64 + fw_ctz(s)) & (FW_WORDS - 1);
-			__u64 m = a->w[w] & b->w[w] & c->w[w] & d->w[w] & e->w[w];
-			if (m)
-				return (int)(w * 64 + fw_ctz(m));
-			s &= s - 1;
+	struct fw_key4 k = {};
+	__u32 best = FW_NO_RULE;
+	__u32 n = sc->n4;
+
+	for (__u32 i = 0; i < FW_MAX_TUPLES; i++) {
+		if (i >= n)
+			break;
+		struct fw_tuple4 *t = &sc->t4[i];
+		if (t->best >= best)
+			break;
+		k.hdr = t->hdr;
+		k.src = f->saddr[0] & t->smask;
+		k.dst = f->daddr[0] & t->dmask;
+		k.port = f->dport & t->pmask;
+		k.proto = f->proto & t->protomask;
+		__u32 *pos = bpf_map_lookup_elem(&fw_tss4, &k);
+		if (pos && *pos < best)
+			best = *pos;
+	}
+	return best;
+}
+
+static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_fields *f)
+{
+	struct fw_key6 k = {};
+	__u32 best = FW_NO_RULE;
+	__u32 n = sc->n6;
+
+	for (__u32 i = 0; i < FW_MAX_TUPLES; i++) {
+		if (i >= n)
+			break;
+		struct fw_tuple6 *t = &sc->t6[i];
+		if (t->best >= best)
+			break;
+		k.hdr = t->hdr;
+		for (int w = 0; w < 4; w++) {
+			k.src[w] = f->saddr[w] & t->smask[w];
+			k.dst[w] = f->daddr[w] & t->dmask[w];
 		}
+		k.port = f->dport & t->pmask;
+		k.proto = f->proto & t->protomask;
+		__u32 *pos = bpf_map_lookup_elem(&fw_tss6, &k);
+		if (pos && *pos < best)
+			best = *pos;
 	}
-	return -1;
+	return best;
 }
 
-/* fw_and_summary folds b's summary into acc and reports whether any
- * candidate word is left. */
-static __always_inline int fw_and_summary(__u64 *acc, struct fw_bits *b)
-{
-	__u64 any = 0;
-	for (int i = 0; i < FW_SUMMARY; i++) {
-		acc[i] &= b->summary[i];
-		any |= acc[i];
-	}
-	return any != 0;
-}
-
-/* fw_classify finds the rule (or default) deciding t at (ifindex, hook)
- * in generation gen. Fields are looked up cheapest first, and as soon as
- * the AND of the summaries is empty no rule can match: the default
- * decides without the remaining lookups. */
-static __always_inline int fw_classify(__u32 gen, __u32 ifindex, __u32 hook, struct fw_tuple *t,
+/* fw_classify finds the rule (or default) deciding f at (ifindex, hook)
+ * in generation gen. */
+static __always_inline int fw_classify(__u32 gen, __u32 ifindex, __u32 hook, struct fw_fields *f,
 				       struct fw_rule *out)
 {
-	struct fw_scope_key sk = {.gen = gen, .ifindex = ifindex, .hook = hook};
-	struct fw_scope_val *sc = bpf_map_lookup_elem(&fw_scopes, &sk);
+	__u32 *slot;
+	if (ifindex < FW_IFINDEX_DIRECT) {
+		__u32 i = gen * FW_IFINDEX_DIRECT + ifindex;
+		slot = bpf_map_lookup_elem(&fw_ifslot, &i);
+	} else {
+		struct fw_ifslot_key ik = {.gen = gen, .ifindex = ifindex};
+		slot = bpf_map_lookup_elem(&fw_ifslot_hi, &ik);
+	}
+	if (!slot || *slot == 0 || *slot > FW_MAX_IFACES)
+		return FW_CLASS_UNATTACHED;
+	__u32 si = ((gen * FW_MAX_IFACES + *slot - 1) << 1) | (hook & 1);
+	struct fw_scope_val *sc = bpf_map_lookup_elem(&fw_scopes_v2, &si);
 	if (!sc)
 		return FW_CLASS_UNATTACHED;
 	out->action = sc->deflt;
 	out->slot = FW_SLOT_DEFAULT;
 	out->log = 0;
-	__u64 acc[FW_SUMMARY];
-	for (int i = 0; i < FW_SUMMARY; i++)
-		acc[i] = sc->bits.summary[i];
 
-	struct fw_gen_key pk = {.gen = gen, .id = t->proto};
-	struct fw_bits *proto = bpf_map_lookup_elem(&fw_proto, &pk);
-	if (!proto) {
-		pk.id = 0;
-		proto = bpf_map_lookup_elem(&fw_proto, &pk);
-	}
-	if (!proto || !fw_and_summary(acc, proto))
+	__u32 best = f->family == 4 ? fw_search4(sc, f) : fw_search6(sc, f);
+	if (best >= FW_MAX_RULES)
 		return FW_CLASS_DEFAULT;
-
-	__u32 pi = gen * FW_PORTS + t->dport;
-	__u32 *iv = bpf_map_lookup_elem(&fw_port_idx, &pi);
-	if (!iv)
-		return FW_CLASS_DEFAULT;
-	struct fw_gen_key ik = {.gen = gen, .id = *iv};
-	struct fw_bits *port = bpf_map_lookup_elem(&fw_ports, &ik);
-	if (!port || !fw_and_summary(acc, port))
-		return FW_CLASS_DEFAULT;
-
-	struct fw_bits *src, *dst;
-	if (t->family == 4) {
-		struct fw_lpm4_key k = {.prefixlen = 64, .gen = gen};
-		__builtin_memcpy(k.addr, t->saddr, 4);
-		src = bpf_map_lookup_elem(&fw_src4, &k);
-		if (!src || !fw_and_summary(acc, src))
-			return FW_CLASS_DEFAULT;
-		__builtin_memcpy(k.addr, t->daddr, 4);
-		dst = bpf_map_lookup_elem(&fw_dst4, &k);
-	} else {
-		struct fw_lpm6_key k = {.prefixlen = 160, .gen = gen};
-		__builtin_memcpy(k.addr, t->saddr, 16);
-		src = bpf_map_lookup_elem(&fw_src6, &k);
-		if (!src || !fw_and_summary(acc, src))
-			return FW_CLASS_DEFAULT;
-		__builtin_memcpy(k.addr, t->daddr, 16);
-		dst = bpf_map_lookup_elem(&fw_dst6, &k);
-	}
-	if (!dst || !fw_and_summary(acc, dst))
-		return FW_CLASS_DEFAULT;
-
-	int bit = fw_first_bit(acc, &sc->bits, src, dst, proto, port);
-	if (bit < 0)
-		return FW_CLASS_DEFAULT;
-	__u32 ri = gen * FW_MAX_RULES + (__u32)bit;
-	struct fw_rule *r = bpf_map_lookup_elem(&fw_rules, &ri);
+	__u32 ri = gen * FW_MAX_RULES + best;
+	struct fw_rule *r = bpf_map_lookup_elem(&fw_rules_v2, &ri);
 	if (!r)
 		return FW_CLASS_DEFAULT;
 	*out = *r;
@@ -446,10 +457,10 @@ static __always_inline void fw_count_rule(__u32 slot, __u32 len)
 {
 	if (slot == FW_SLOT_DEFAULT)
 		return;
-	struct fw_counter *c = bpf_map_lookup_elem(&fw_counters, &slot);
+	struct fw_counter *c = bpf_map_lookup_elem(&fw_counters_v2, &slot);
 	if (c) {
-		__sync_fetch_and_add(&c->packets, 1);
-		__sync_fetch_and_add(&c->bytes, len);
+		c->packets += 1;
+		c->bytes += len;
 	}
 }
 
@@ -500,6 +511,30 @@ static __always_inline void fw_frag_key(struct fw_frag_key *k, __u32 ifindex, st
 	__builtin_memcpy(k->daddr, pkt->daddr, 16);
 }
 
+/* fw_ct_fill sets k to the flow of a packet from (s, sp) to (d, dp) and
+ * returns whether the packet goes from endpoint b to endpoint a. */
+static __always_inline __u8 fw_ct_fill(struct fw_ct_key *k, const __be32 *s, __be16 sp, const __be32 *d,
+				       __be16 dp)
+{
+	__u8 from_b = sp > dp;
+	for (int i = 3; i >= 0; i--) {
+		if (s[i] != d[i])
+			from_b = s[i] > d[i];
+	}
+	if (from_b) {
+		__builtin_memcpy(k->addr_a, d, 16);
+		__builtin_memcpy(k->addr_b, s, 16);
+		k->port_a = dp;
+		k->port_b = sp;
+	} else {
+		__builtin_memcpy(k->addr_a, s, 16);
+		__builtin_memcpy(k->addr_b, d, 16);
+		k->port_a = sp;
+		k->port_b = dp;
+	}
+	return from_b;
+}
+
 /* fw_judge decides one packet seen at (ifindex, hook); len is counted in
  * the rule's byte counter. It returns FW_TCX_NEXT or FW_TCX_DROP. */
 static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, __u32 len, __u32 hook)
@@ -522,7 +557,7 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	}
 
 	__u32 zero = 0;
-	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg, &zero);
+	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg_v2, &zero);
 	if (!cfg)
 		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	/* Read once: everything below uses this generation's tables. */
@@ -542,73 +577,53 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 		return fw_count(FW_ST_FRAG_DENY, FW_TCX_DROP);
 	}
 
-	struct fw_ct_key ck = {.ifindex = ifindex, .family = pkt.family, .proto = pkt.proto};
-	struct fw_ct_val *cv;
-	struct fw_tuple t = {.family = pkt.family, .proto = pkt.proto};
-	struct fw_rule r;
-	__u32 class_hook = hook;
-	int stat_ok = FW_ST_CT_ESTABLISHED;
+	struct fw_ct_key ck = {.ifindex = ifindex, .family = pkt.family};
 
 	if (pkt.flags & QBO_PKT_ICMP_ERR) {
-		/* The quoted packet is a flow's packet as its sender sent it. */
+		/* The quoted packet is a flow's packet (either direction). */
 		ck.proto = pkt.inner.proto;
-		__builtin_memcpy(ck.saddr, pkt.inner.saddr, 16);
-		__builtin_memcpy(ck.daddr, pkt.inner.daddr, 16);
-		ck.sport = pkt.inner.sport;
-		ck.dport = pkt.inner.dport;
-		if (bpf_map_lookup_elem(&fw_ct, &ck))
+		fw_ct_fill(&ck, pkt.inner.saddr, pkt.inner.sport, pkt.inner.daddr, pkt.inner.dport);
+		if (bpf_map_lookup_elem(&fw_ct_v2, &ck))
 			return fw_count(FW_ST_ICMP_RELATED, FW_TCX_NEXT);
-		__builtin_memcpy(ck.saddr, pkt.inner.daddr, 16);
-		__builtin_memcpy(ck.daddr, pkt.inner.saddr, 16);
-		ck.sport = pkt.inner.dport;
-		ck.dport = pkt.inner.sport;
-		if (bpf_map_lookup_elem(&fw_ct, &ck))
-			return fw_count(FW_ST_ICMP_RELATED, FW_TCX_NEXT);
-		ck.proto = pkt.proto;
 	}
 
-	/* Same direction as the flow's first packet? */
-	__builtin_memcpy(ck.saddr, pkt.saddr, 16);
-	__builtin_memcpy(ck.daddr, pkt.daddr, 16);
-	ck.sport = pkt.sport;
-	ck.dport = pkt.dport;
-	cv = bpf_map_lookup_elem(&fw_ct, &ck);
-	if (cv) {
-		__builtin_memcpy(t.saddr, pkt.saddr, 16);
-		__builtin_memcpy(t.daddr, pkt.daddr, 16);
-		t.dport = bpf_ntohs(pkt.dport);
+	ck.proto = pkt.proto;
+	__u8 from_b = fw_ct_fill(&ck, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport);
+	struct fw_ct_val *cv = bpf_map_lookup_elem(&fw_ct_v2, &ck);
+	int reply = cv && cv->first_b != from_b;
+	if (cv && (!reeval || cv->generation == generation))
+		return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
+
+	/* A new flow, or a tracked one to judge again by a newer rule set
+	 * (as its first direction was judged, at the hook it was seen). */
+	struct fw_fields f = {.family = pkt.family, .proto = pkt.proto};
+	if (f.proto == QBO_IPPROTO_ICMPV6)
+		f.proto = QBO_IPPROTO_ICMP;
+	__u32 class_hook = hook;
+	if (reply) {
+		__builtin_memcpy(f.saddr, pkt.daddr, 16);
+		__builtin_memcpy(f.daddr, pkt.saddr, 16);
+		f.dport = pkt.sport;
 	} else {
-		/* A reply? */
-		__builtin_memcpy(ck.saddr, pkt.daddr, 16);
-		__builtin_memcpy(ck.daddr, pkt.saddr, 16);
-		ck.sport = pkt.dport;
-		ck.dport = pkt.sport;
-		cv = bpf_map_lookup_elem(&fw_ct, &ck);
-		stat_ok = FW_ST_CT_REPLY;
-		/* Re-evaluation judges the flow by its first direction. */
-		__builtin_memcpy(t.saddr, pkt.daddr, 16);
-		__builtin_memcpy(t.daddr, pkt.saddr, 16);
-		t.dport = bpf_ntohs(pkt.sport);
+		__builtin_memcpy(f.saddr, pkt.saddr, 16);
+		__builtin_memcpy(f.daddr, pkt.daddr, 16);
+		f.dport = (pkt.flags & QBO_PKT_PORTS) ? pkt.dport : 0;
 	}
-	if (cv) {
-		if (!reeval || cv->generation == generation)
-			return fw_count(stat_ok, FW_TCX_NEXT);
+	if (cv)
 		class_hook = cv->hook;
-		int c = fw_classify(gen, ifindex, class_hook, &t, &r);
-		if (c == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
+	struct fw_rule r;
+	int class = fw_classify(gen, ifindex, class_hook, &f, &r);
+
+	if (cv) {
+		if (class == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
 			cv->generation = generation;
-			return fw_count(stat_ok, FW_TCX_NEXT);
+			return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
 		}
-		bpf_map_delete_elem(&fw_ct, &ck);
+		bpf_map_delete_elem(&fw_ct_v2, &ck);
 		fw_count_rule(r.slot, len);
 		return fw_count(FW_ST_REEVAL_DENY, FW_TCX_DROP);
 	}
 
-	/* A new flow: classify it. */
-	__builtin_memcpy(t.saddr, pkt.saddr, 16);
-	__builtin_memcpy(t.daddr, pkt.daddr, 16);
-	t.dport = (pkt.flags & QBO_PKT_PORTS) ? bpf_ntohs(pkt.dport) : 0;
-	int class = fw_classify(gen, ifindex, hook, &t, &r);
 	if (class == FW_CLASS_UNATTACHED)
 		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	fw_count_rule(r.slot, len);
@@ -621,12 +636,8 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	}
 	if (r.action == FW_ACT_ALLOW) {
 		struct fw_ct_val nv = {.created_ns = bpf_ktime_get_ns(), .generation = generation,
-				       .hook = hook};
-		__builtin_memcpy(ck.saddr, pkt.saddr, 16);
-		__builtin_memcpy(ck.daddr, pkt.daddr, 16);
-		ck.sport = pkt.sport;
-		ck.dport = pkt.dport;
-		bpf_map_update_elem(&fw_ct, &ck, &nv, BPF_ANY);
+				       .hook = hook, .first_b = from_b};
+		bpf_map_update_elem(&fw_ct_v2, &ck, &nv, BPF_ANY);
 		return fw_count(class == FW_CLASS_RULE ? FW_ST_RULE_ALLOW : FW_ST_DEFAULT_ALLOW,
 				FW_TCX_NEXT);
 	}

@@ -15,12 +15,12 @@ import (
 
 // The C layouts, for fw/datapath (the only code that fills these maps).
 type (
-	Bits       = fwFwBits
-	ScopeKey   = fwFwScopeKey
+	Tuple4     = fwFwTuple4
+	Tuple6     = fwFwTuple6
+	IfslotKey  = fwFwIfslotKey
 	ScopeVal   = fwFwScopeVal
-	LPM4Key    = fwFwLpm4Key
-	LPM6Key    = fwFwLpm6Key
-	GenKey     = fwFwGenKey
+	Key4       = fwFwKey4
+	Key6       = fwFwKey6
 	Rule       = fwFwRule
 	Counter    = fwFwCounter
 	Config     = fwFwConfig
@@ -43,13 +43,14 @@ type (
 
 // Constants shared with fw.c (enums the BTF does not carry).
 const (
-	MaxRules     = 16384
-	Words        = MaxRules / 64
-	SummaryWords = Words / 64
-	MaxPrefixes  = 16385
-	MaxIfaces    = 256
-	Ports        = 65536
-	SlotDefault  = 0xffffffff
+	MaxRules   = 65536  // FW_MAX_RULES: rule positions and counter slots
+	MaxTuples  = 64     // FW_MAX_TUPLES: searched per interface, hook and family
+	MaxEntries = 262144 // FW_MAX_ENTRIES: fw_tss4/fw_tss6 entries per generation
+	MaxIfaces  = 256
+	// IfindexDirect: ifindexes below it find their slot in fw_ifslot (an
+	// array), larger ones in fw_ifslot_hi (FW_IFINDEX_DIRECT).
+	IfindexDirect = 65536
+	SlotDefault   = 0xffffffff
 
 	ActDeny  = 0
 	ActAllow = 1
@@ -115,6 +116,13 @@ const (
 	PFStatMax
 )
 
+// obsoletePins are maps of earlier layouts that no program of this object
+// uses. Load unpins them: the old programs, attached until their links are
+// updated, keep their own references, so unpinning only frees the maps
+// once nothing runs the old code.
+var obsoletePins = []string{"fw_src4", "fw_dst4", "fw_src6", "fw_dst6", "fw_proto", "fw_port_idx",
+	"fw_ports", "fw_scopes", "fw_rules", "fw_counters", "fw_cfg", "fw_ct"}
+
 // Options configure Load.
 type Options struct {
 	// PinDir is the bpffs directory for maps; links go in
@@ -154,6 +162,12 @@ func Load(opts Options) (*Firewall, error) {
 	f := &Firewall{linksDir: linksDir}
 	if err := spec.LoadAndAssign(&f.objs, co); err != nil {
 		return nil, fmt.Errorf("loading firewall object: %w", err)
+	}
+	for _, n := range obsoletePins {
+		if err := os.Remove(filepath.Join(pinDir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			f.Close()
+			return nil, fmt.Errorf("removing obsolete pin: %w", err)
+		}
 	}
 	return f, nil
 }

@@ -13,12 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type fwFwBits struct {
-	_       structs.HostLayout
-	Summary [4]uint64
-	W       [256]uint64
-}
-
 type fwFwConfig struct {
 	_          structs.HostLayout
 	ActiveGen  uint32
@@ -38,18 +32,20 @@ type fwFwCtKey struct {
 	Ifindex uint32
 	Family  uint8
 	Proto   uint8
-	Sport   uint16
-	Dport   uint16
+	PortA   uint16
+	PortB   uint16
 	Pad     uint16
-	Saddr   [4]uint32
-	Daddr   [4]uint32
+	AddrA   [4]uint32
+	AddrB   [4]uint32
 }
 
 type fwFwCtVal struct {
 	_          structs.HostLayout
 	CreatedNs  uint64
 	Generation uint32
-	Hook       uint32
+	Hook       uint8
+	FirstB     uint8
+	Pad        uint16
 }
 
 type fwFwDenyEvent struct {
@@ -86,24 +82,30 @@ type fwFwFragVal struct {
 	Slot   uint32
 }
 
-type fwFwGenKey struct {
-	_   structs.HostLayout
-	Gen uint32
-	Id  uint32
+type fwFwIfslotKey struct {
+	_       structs.HostLayout
+	Gen     uint32
+	Ifindex uint32
 }
 
-type fwFwLpm4Key struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Gen       uint32
-	Addr      [4]uint8
+type fwFwKey4 struct {
+	_     structs.HostLayout
+	Hdr   uint32
+	Src   uint32
+	Dst   uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
-type fwFwLpm6Key struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Gen       uint32
-	Addr      [16]uint8
+type fwFwKey6 struct {
+	_     structs.HostLayout
+	Hdr   uint32
+	Src   [4]uint32
+	Dst   [4]uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
 }
 
 type fwFwRate struct {
@@ -120,18 +122,36 @@ type fwFwRule struct {
 	Pad    uint16
 }
 
-type fwFwScopeKey struct {
-	_       structs.HostLayout
-	Gen     uint32
-	Ifindex uint32
-	Hook    uint32
-}
-
 type fwFwScopeVal struct {
 	_     structs.HostLayout
 	Deflt uint32
+	N4    uint32
+	N6    uint32
 	Pad   uint32
-	Bits  fwFwBits
+	T4    [64]fwFwTuple4
+	T6    [64]fwFwTuple6
+}
+
+type fwFwTuple4 struct {
+	_         structs.HostLayout
+	Hdr       uint32
+	Best      uint32
+	Smask     uint32
+	Dmask     uint32
+	Pmask     uint16
+	Protomask uint8
+	Pad       uint8
+}
+
+type fwFwTuple6 struct {
+	_         structs.HostLayout
+	Hdr       uint32
+	Best      uint32
+	Smask     [4]uint32
+	Dmask     [4]uint32
+	Pmask     uint16
+	Protomask uint8
+	Pad       uint8
 }
 
 type fwQboEventHdr struct {
@@ -182,22 +202,19 @@ type fwQboPfVal struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fwMapEvents          = "events"
-	fwMapFwCfg           = "fw_cfg"
-	fwMapFwCounters      = "fw_counters"
-	fwMapFwCt            = "fw_ct"
-	fwMapFwDst4          = "fw_dst4"
-	fwMapFwDst6          = "fw_dst6"
+	fwMapFwCfgV2         = "fw_cfg_v2"
+	fwMapFwCountersV2    = "fw_counters_v2"
+	fwMapFwCtV2          = "fw_ct_v2"
 	fwMapFwFrags         = "fw_frags"
+	fwMapFwIfslot        = "fw_ifslot"
+	fwMapFwIfslotHi      = "fw_ifslot_hi"
 	fwMapFwKindStats     = "fw_kind_stats"
-	fwMapFwPortIdx       = "fw_port_idx"
-	fwMapFwPorts         = "fw_ports"
-	fwMapFwProto         = "fw_proto"
 	fwMapFwRatelimit     = "fw_ratelimit"
-	fwMapFwRules         = "fw_rules"
-	fwMapFwScopes        = "fw_scopes"
-	fwMapFwSrc4          = "fw_src4"
-	fwMapFwSrc6          = "fw_src6"
+	fwMapFwRulesV2       = "fw_rules_v2"
+	fwMapFwScopesV2      = "fw_scopes_v2"
 	fwMapFwStats         = "fw_stats"
+	fwMapFwTss4          = "fw_tss4"
+	fwMapFwTss6          = "fw_tss6"
 	fwMapQboPfCfg        = "qbo_pf_cfg"
 	fwMapQboPfStats      = "qbo_pf_stats"
 	fwMapQboPfV4         = "qbo_pf_v4"
@@ -263,30 +280,27 @@ type fwProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwMapSpecs struct {
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	FwCfg       *ebpf.MapSpec `ebpf:"fw_cfg"`
-	FwCounters  *ebpf.MapSpec `ebpf:"fw_counters"`
-	FwCt        *ebpf.MapSpec `ebpf:"fw_ct"`
-	FwDst4      *ebpf.MapSpec `ebpf:"fw_dst4"`
-	FwDst6      *ebpf.MapSpec `ebpf:"fw_dst6"`
-	FwFrags     *ebpf.MapSpec `ebpf:"fw_frags"`
-	FwKindStats *ebpf.MapSpec `ebpf:"fw_kind_stats"`
-	FwPortIdx   *ebpf.MapSpec `ebpf:"fw_port_idx"`
-	FwPorts     *ebpf.MapSpec `ebpf:"fw_ports"`
-	FwProto     *ebpf.MapSpec `ebpf:"fw_proto"`
-	FwRatelimit *ebpf.MapSpec `ebpf:"fw_ratelimit"`
-	FwRules     *ebpf.MapSpec `ebpf:"fw_rules"`
-	FwScopes    *ebpf.MapSpec `ebpf:"fw_scopes"`
-	FwSrc4      *ebpf.MapSpec `ebpf:"fw_src4"`
-	FwSrc6      *ebpf.MapSpec `ebpf:"fw_src6"`
-	FwStats     *ebpf.MapSpec `ebpf:"fw_stats"`
-	QboPfCfg    *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
-	QboPfStats  *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
-	QboPfV4     *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
-	QboPfV4Full *ebpf.MapSpec `ebpf:"qbo_pf_v4_full"`
-	QboPfV4Host *ebpf.MapSpec `ebpf:"qbo_pf_v4_host"`
-	QboPfV4Part *ebpf.MapSpec `ebpf:"qbo_pf_v4_part"`
-	QboPfV6     *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FwCfgV2      *ebpf.MapSpec `ebpf:"fw_cfg_v2"`
+	FwCountersV2 *ebpf.MapSpec `ebpf:"fw_counters_v2"`
+	FwCtV2       *ebpf.MapSpec `ebpf:"fw_ct_v2"`
+	FwFrags      *ebpf.MapSpec `ebpf:"fw_frags"`
+	FwIfslot     *ebpf.MapSpec `ebpf:"fw_ifslot"`
+	FwIfslotHi   *ebpf.MapSpec `ebpf:"fw_ifslot_hi"`
+	FwKindStats  *ebpf.MapSpec `ebpf:"fw_kind_stats"`
+	FwRatelimit  *ebpf.MapSpec `ebpf:"fw_ratelimit"`
+	FwRulesV2    *ebpf.MapSpec `ebpf:"fw_rules_v2"`
+	FwScopesV2   *ebpf.MapSpec `ebpf:"fw_scopes_v2"`
+	FwStats      *ebpf.MapSpec `ebpf:"fw_stats"`
+	FwTss4       *ebpf.MapSpec `ebpf:"fw_tss4"`
+	FwTss6       *ebpf.MapSpec `ebpf:"fw_tss6"`
+	QboPfCfg     *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
+	QboPfStats   *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
+	QboPfV4      *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
+	QboPfV4Full  *ebpf.MapSpec `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host  *ebpf.MapSpec `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part  *ebpf.MapSpec `ebpf:"qbo_pf_v4_part"`
+	QboPfV6      *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
 }
 
 // fwVariableSpecs contains global variables before they are loaded into the kernel.
@@ -315,51 +329,45 @@ func (o *fwObjects) Close() error {
 //
 // It can be passed to loadFwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwMaps struct {
-	Events      *ebpf.Map `ebpf:"events"`
-	FwCfg       *ebpf.Map `ebpf:"fw_cfg"`
-	FwCounters  *ebpf.Map `ebpf:"fw_counters"`
-	FwCt        *ebpf.Map `ebpf:"fw_ct"`
-	FwDst4      *ebpf.Map `ebpf:"fw_dst4"`
-	FwDst6      *ebpf.Map `ebpf:"fw_dst6"`
-	FwFrags     *ebpf.Map `ebpf:"fw_frags"`
-	FwKindStats *ebpf.Map `ebpf:"fw_kind_stats"`
-	FwPortIdx   *ebpf.Map `ebpf:"fw_port_idx"`
-	FwPorts     *ebpf.Map `ebpf:"fw_ports"`
-	FwProto     *ebpf.Map `ebpf:"fw_proto"`
-	FwRatelimit *ebpf.Map `ebpf:"fw_ratelimit"`
-	FwRules     *ebpf.Map `ebpf:"fw_rules"`
-	FwScopes    *ebpf.Map `ebpf:"fw_scopes"`
-	FwSrc4      *ebpf.Map `ebpf:"fw_src4"`
-	FwSrc6      *ebpf.Map `ebpf:"fw_src6"`
-	FwStats     *ebpf.Map `ebpf:"fw_stats"`
-	QboPfCfg    *ebpf.Map `ebpf:"qbo_pf_cfg"`
-	QboPfStats  *ebpf.Map `ebpf:"qbo_pf_stats"`
-	QboPfV4     *ebpf.Map `ebpf:"qbo_pf_v4"`
-	QboPfV4Full *ebpf.Map `ebpf:"qbo_pf_v4_full"`
-	QboPfV4Host *ebpf.Map `ebpf:"qbo_pf_v4_host"`
-	QboPfV4Part *ebpf.Map `ebpf:"qbo_pf_v4_part"`
-	QboPfV6     *ebpf.Map `ebpf:"qbo_pf_v6"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FwCfgV2      *ebpf.Map `ebpf:"fw_cfg_v2"`
+	FwCountersV2 *ebpf.Map `ebpf:"fw_counters_v2"`
+	FwCtV2       *ebpf.Map `ebpf:"fw_ct_v2"`
+	FwFrags      *ebpf.Map `ebpf:"fw_frags"`
+	FwIfslot     *ebpf.Map `ebpf:"fw_ifslot"`
+	FwIfslotHi   *ebpf.Map `ebpf:"fw_ifslot_hi"`
+	FwKindStats  *ebpf.Map `ebpf:"fw_kind_stats"`
+	FwRatelimit  *ebpf.Map `ebpf:"fw_ratelimit"`
+	FwRulesV2    *ebpf.Map `ebpf:"fw_rules_v2"`
+	FwScopesV2   *ebpf.Map `ebpf:"fw_scopes_v2"`
+	FwStats      *ebpf.Map `ebpf:"fw_stats"`
+	FwTss4       *ebpf.Map `ebpf:"fw_tss4"`
+	FwTss6       *ebpf.Map `ebpf:"fw_tss6"`
+	QboPfCfg     *ebpf.Map `ebpf:"qbo_pf_cfg"`
+	QboPfStats   *ebpf.Map `ebpf:"qbo_pf_stats"`
+	QboPfV4      *ebpf.Map `ebpf:"qbo_pf_v4"`
+	QboPfV4Full  *ebpf.Map `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host  *ebpf.Map `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part  *ebpf.Map `ebpf:"qbo_pf_v4_part"`
+	QboPfV6      *ebpf.Map `ebpf:"qbo_pf_v6"`
 }
 
 func (m *fwMaps) Close() error {
 	return _FwClose(
 		m.Events,
-		m.FwCfg,
-		m.FwCounters,
-		m.FwCt,
-		m.FwDst4,
-		m.FwDst6,
+		m.FwCfgV2,
+		m.FwCountersV2,
+		m.FwCtV2,
 		m.FwFrags,
+		m.FwIfslot,
+		m.FwIfslotHi,
 		m.FwKindStats,
-		m.FwPortIdx,
-		m.FwPorts,
-		m.FwProto,
 		m.FwRatelimit,
-		m.FwRules,
-		m.FwScopes,
-		m.FwSrc4,
-		m.FwSrc6,
+		m.FwRulesV2,
+		m.FwScopesV2,
 		m.FwStats,
+		m.FwTss4,
+		m.FwTss6,
 		m.QboPfCfg,
 		m.QboPfStats,
 		m.QboPfV4,

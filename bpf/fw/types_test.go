@@ -14,9 +14,9 @@ func TestTypeSizesMatchBTF(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, size := range map[string]uintptr{
-		"fw_bits": unsafe.Sizeof(Bits{}), "fw_scope_key": unsafe.Sizeof(ScopeKey{}),
-		"fw_scope_val": unsafe.Sizeof(ScopeVal{}), "fw_lpm4_key": unsafe.Sizeof(LPM4Key{}),
-		"fw_lpm6_key": unsafe.Sizeof(LPM6Key{}), "fw_gen_key": unsafe.Sizeof(GenKey{}),
+		"fw_tuple4": unsafe.Sizeof(Tuple4{}), "fw_tuple6": unsafe.Sizeof(Tuple6{}),
+		"fw_ifslot_key": unsafe.Sizeof(IfslotKey{}), "fw_scope_val": unsafe.Sizeof(ScopeVal{}),
+		"fw_key4": unsafe.Sizeof(Key4{}), "fw_key6": unsafe.Sizeof(Key6{}),
 		"fw_rule": unsafe.Sizeof(Rule{}), "fw_counter": unsafe.Sizeof(Counter{}),
 		"fw_config": unsafe.Sizeof(Config{}), "fw_ct_key": unsafe.Sizeof(CTKey{}),
 		"fw_ct_val": unsafe.Sizeof(CTVal{}), "fw_deny_event": unsafe.Sizeof(DenyEvent{}),
@@ -30,6 +30,17 @@ func TestTypeSizesMatchBTF(t *testing.T) {
 		if uintptr(st.Size) != size {
 			t.Errorf("%s: C %d bytes, Go %d", name, st.Size, size)
 		}
+	}
+	// The capacities fw.c declares are the constants fw/datapath reads.
+	for name, want := range map[string]uint32{"fw_tss4": 2 * MaxEntries, "fw_tss6": 2 * MaxEntries,
+		"fw_rules_v2": 2 * MaxRules, "fw_counters_v2": MaxRules, "fw_scopes_v2": 2 * 2 * MaxIfaces,
+		"fw_ifslot": 2 * IfindexDirect, "fw_ifslot_hi": 2 * MaxIfaces} {
+		if got := spec.Maps[name].MaxEntries; got != want {
+			t.Errorf("%s: %d entries in fw.c, %d in Go", name, got, want)
+		}
+	}
+	if n := len(ScopeVal{}.T4); n != MaxTuples || len(ScopeVal{}.T6) != MaxTuples {
+		t.Errorf("fw_scope_val holds %d tuples per family, Go says %d", n, MaxTuples)
 	}
 	if n := len(statNames); n != int(StatMax) {
 		t.Errorf("%d stat names for %d stats", n, StatMax)

@@ -21,33 +21,19 @@ import (
 
 	bpffw "github.com/qbo/qbo/bpf/fw"
 	"github.com/qbo/qbo/fw"
+	"github.com/qbo/qbo/fw/fwtest"
 )
 
 // Benchmarks (run once, by bench/fw.sh):
 //
 //	go test -tags bpftest -run '^$' -bench . -benchtime 200000x ./fw/datapath/
 
-var benchRuleCounts = []int{10, 1000, 10000, bpffw.MaxRules, 65536}
+var benchRuleCounts = []int{10, 1000, 10000, 65536}
 
-// benchRules returns n deny rules: even ones match a destination port
-// (any source), odd ones a source /32 (any port). Neither kind matches
-// the benchmark packet, whose source and port no rule names, so every
-// rule is a candidate in some field and a linear evaluator walks all n.
-func benchRules(n int, iface string) fw.RuleSet {
-	s := fw.RuleSet{Policies: []fw.Policy{{Target: fw.Node, Direction: fw.Ingress, Action: fw.Deny},
-		{Target: fw.Node, Direction: fw.Egress, Action: fw.Deny}}}
-	for i := 0; i < n; i++ {
-		r := fw.Rule{Name: fmt.Sprintf("r%d", i), Priority: i, Action: fw.Deny, Proto: fw.ProtoUDP,
-			Direction: fw.Egress, Target: fw.Target{Kind: fw.TargetIface, Name: iface}}
-		if i%2 == 0 {
-			r.Ports = fw.PortRange{Lo: uint16(10000 + i/2%50000), Hi: uint16(10000 + i/2%50000)}
-		} else {
-			r.Src = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
-		}
-		s.Rules = append(s.Rules, r)
-	}
-	return s
-}
+// benchRules is fwtest.BenchRules: n deny rules on iface's egress, even
+// ones a UDP destination port, odd ones a source /32; the benchmark
+// packet matches none of them, so a linear evaluator walks all n.
+func benchRules(n int, iface string) fw.RuleSet { return fwtest.BenchRules(n, iface) }
 
 // benchPacket is UDP 10.255.255.1:9 -> 10.198.0.2:9: no rule matches it.
 func benchPacket() []byte {
@@ -55,8 +41,33 @@ func benchPacket() []byte {
 }
 
 func emptyTC(b *testing.B) *ebpf.Program {
-	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	return newTC(b, asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()})
+}
+
+// oneLookupTC is a TC program doing nothing but one lookup that misses
+// in a hash map with 16-byte keys (the size of fw_tss4's): the price of
+// the cheapest hash lookup the classifier can do, for comparison.
+func oneLookupTC(b *testing.B) *ebpf.Program {
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 16, ValueSize: 4, MaxEntries: 1024})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	return newTC(b, asm.Instructions{
+		asm.Mov.Imm(asm.R1, 0),
+		asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
+		asm.StoreMem(asm.RFP, -16, asm.R1, asm.DWord),
+		asm.LoadMapPtr(asm.R1, m.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -16),
+		asm.FnMapLookupElem.Call(),
+		asm.Mov.Imm(asm.R0, -1),
+		asm.Return(),
+	})
+}
+
+func newTC(b *testing.B, insns asm.Instructions) *ebpf.Program {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "GPL", Instructions: insns})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -80,49 +91,47 @@ func runBench(b *testing.B, prog *ebpf.Program, frame []byte, want uint32) {
 }
 
 // BenchmarkProgRun measures one classification per packet with
-// BPF_PROG_TEST_RUN: the empty program, then the egress program at each
-// rule count (the packet is denied by the default policy, so no
-// connection entry short-cuts later runs), then the established path.
+// BPF_PROG_TEST_RUN: the empty program and a one-hash-lookup program for
+// reference, then the egress program at each rule count (the packet is
+// denied by the default policy, so no connection entry short-cuts later
+// runs), the same counts with only one kind of rule (one tuple to
+// search), no rules at all (connection lookup, scope, default), and the
+// established path.
 func BenchmarkProgRun(b *testing.B) {
 	e := newEnv(b)
 	frame := benchPacket()
 	b.Run("empty", func(b *testing.B) { runBench(b, emptyTC(b), frame, next) })
-	for _, n := range benchRuleCounts {
-		s := benchRules(n, "lo")
-		c, err := fw.Compile(s, fw.Resolved{}, Limits)
+	b.Run("one-hash-lookup", func(b *testing.B) { runBench(b, oneLookupTC(b), frame, next) })
+	apply := func(s fw.RuleSet) {
+		c, err := fw.Compile(s, fw.Resolved{fw.Node: {"lo"}}, Limits)
 		if err != nil {
-			b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) { b.Skipf("refused: %v", err) })
-			continue
+			b.Fatal(err)
 		}
+		e.ifidx["lo"] = 1
 		if err := e.dp.Apply(c, e.resolve, false); err != nil {
 			b.Fatal(err)
 		}
+	}
+	apply(benchRules(0, "lo"))
+	b.Run("rules=0", func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, drop) })
+	for _, n := range benchRuleCounts {
+		apply(benchRules(n, "lo"))
 		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, drop) })
 	}
-	// The same counts when every rule names a source /32: the packet's
-	// source trie entry is empty, the summary AND is zero at once.
-	for _, n := range benchRuleCounts[:4] {
+	// The same counts when every rule names a source /32: one tuple.
+	for _, n := range benchRuleCounts {
 		s := benchRules(n, "lo")
 		for i := range s.Rules {
 			s.Rules[i].Ports = fw.PortRange{}
 			s.Rules[i].Src = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
 		}
-		c, err := fw.Compile(s, fw.Resolved{}, Limits)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := e.dp.Apply(c, e.resolve, false); err != nil {
-			b.Fatal(err)
-		}
+		apply(s)
 		b.Run(fmt.Sprintf("src-only/rules=%d", n), func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, drop) })
 	}
-	// An established flow: allowed once, then found in fw_ct.
+	// An established flow: allowed once, then found in fw_ct_v2.
 	s := benchRules(1000, "lo")
 	s.Policies = nil
-	c, _ := fw.Compile(s, fw.Resolved{}, Limits)
-	if err := e.dp.Apply(c, e.resolve, false); err != nil {
-		b.Fatal(err)
-	}
+	apply(s)
 	b.Run("established", func(b *testing.B) { runBench(b, e.f.Programs().FwEgress, frame, next) })
 }
 
@@ -322,28 +331,22 @@ func BenchmarkLoopbackPath(b *testing.B) {
 	}
 	sh(b, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
 	b.Run("none", send)
-	for _, n := range []int{0, 10, 1000, 10000, bpffw.MaxRules, 65536} {
+	for _, n := range append([]int{0}, benchRuleCounts...) {
 		// qbo
-		if n <= bpffw.MaxRules {
-			s := benchRules(n, "lo")
-			c, err := fw.Compile(s, fw.Resolved{}, Limits)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if len(c.Ifaces) == 0 {
-				c, _ = fw.Compile(fw.RuleSet{Policies: s.Policies}, fw.Resolved{fw.Node: {"lo"}}, Limits)
-			}
-			e.ifidx["lo"] = 1
-			if err := e.dp.Apply(c, e.resolve, false); err != nil {
-				b.Fatal(err)
-			}
-			if err := e.f.Attach("lo", 1); err != nil {
-				b.Fatal(err)
-			}
-			b.Run(fmt.Sprintf("qbo/rules=%d", n), send)
-			if err := e.f.Detach("lo"); err != nil {
-				b.Fatal(err)
-			}
+		c, err := fw.Compile(benchRules(n, "lo"), fw.Resolved{fw.Node: {"lo"}}, Limits)
+		if err != nil {
+			b.Fatal(err)
+		}
+		e.ifidx["lo"] = 1
+		if err := e.dp.Apply(c, e.resolve, false); err != nil {
+			b.Fatal(err)
+		}
+		if err := e.f.Attach("lo", 1); err != nil {
+			b.Fatal(err)
+		}
+		b.Run(fmt.Sprintf("qbo/rules=%d", n), send)
+		if err := e.f.Detach("lo"); err != nil {
+			b.Fatal(err)
 		}
 		// iptables: a linear OUTPUT chain.
 		var ipt strings.Builder

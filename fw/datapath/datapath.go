@@ -1,9 +1,9 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
-	"net/netip"
 	"runtime"
 	"sync"
 
@@ -14,7 +14,8 @@ import (
 )
 
 // Limits are the capacities of the maps in bpf/fw/fw.c.
-var Limits = fw.Limits{MaxRules: bpffw.MaxRules, MaxPrefixes: bpffw.MaxPrefixes, MaxIfaces: bpffw.MaxIfaces}
+var Limits = fw.Limits{MaxRules: bpffw.MaxRules, MaxTuples: bpffw.MaxTuples, MaxEntries: bpffw.MaxEntries,
+	MaxIfaces: bpffw.MaxIfaces}
 
 // ErrNoInterface: a compiled rule set names an interface that does not exist.
 var ErrNoInterface = errors.New("interface not found")
@@ -41,7 +42,7 @@ func New(m *bpffw.Maps) *Datapath {
 
 func (d *Datapath) config() (bpffw.Config, error) {
 	var c bpffw.Config
-	if err := d.m.FwCfg.Lookup(uint32(0), &c); err != nil {
+	if err := d.m.FwCfgV2.Lookup(uint32(0), &c); err != nil {
 		return c, fmt.Errorf("reading firewall config: %w", err)
 	}
 	return c, nil
@@ -54,15 +55,92 @@ func (d *Datapath) Generation() (uint32, error) {
 	return c.Generation, err
 }
 
-func encodeBits(b fw.Bitmap) *bpffw.Bits {
-	var out bpffw.Bits
-	for i, w := range b {
-		out.W[i] = w
-		if w != 0 {
-			out.Summary[i/64] |= 1 << (i % 64)
+// keyHdr is an entry key's first word, which a scope's tuple hands the
+// datapath ready-made: bit 31 the generation, then the owning scope id,
+// then the tuple id in the low byte. Compile numbers scopes from 0 (at
+// most 2 + 2*MaxIfaces) and tuples below MaxTuples, so the fields never
+// overlap.
+func keyHdr(gen uint32, scope, tuple int) uint32 {
+	return gen<<31 | uint32(scope)<<8 | uint32(tuple)
+}
+
+// ne32 and ne16 hold network-order bytes in the host-order integers the
+// generated C mirrors use for __be32 and __be16 fields.
+func ne32(b []byte) uint32 { return binary.NativeEndian.Uint32(b) }
+
+func ne16(v uint16) uint16 { return binary.NativeEndian.Uint16([]byte{byte(v >> 8), byte(v)}) }
+
+// addrMask is the network-order mask of a prefix of bits in a total-bit
+// address.
+func addrMask(bits uint8, total int) []byte {
+	m := make([]byte, total/8)
+	for b := 0; b < int(bits); b++ {
+		m[b/8] |= 0x80 >> (b % 8)
+	}
+	return m
+}
+
+func protoMask(t fw.Tuple) uint8 {
+	if t.Proto {
+		return 0xff
+	}
+	return 0
+}
+
+func encodeScope(gen uint32, sc *fw.CompiledScope) *bpffw.ScopeVal {
+	v := &bpffw.ScopeVal{Deflt: action(sc.Default), N4: uint32(len(sc.Search[fw.IPv4])), N6: uint32(len(sc.Search[fw.IPv6]))}
+	for i, t := range sc.Search[fw.IPv4] {
+		v.T4[i] = bpffw.Tuple4{Hdr: keyHdr(gen, t.Owner, t.ID), Best: uint32(t.Best),
+			Smask: ne32(addrMask(t.Tuple.SrcBits, 32)), Dmask: ne32(addrMask(t.Tuple.DstBits, 32)),
+			Pmask: ne16(fw.PortMask(t.Tuple.PortBits)), Protomask: protoMask(t.Tuple)}
+	}
+	for i, t := range sc.Search[fw.IPv6] {
+		e := bpffw.Tuple6{Hdr: keyHdr(gen, t.Owner, t.ID), Best: uint32(t.Best),
+			Pmask: ne16(fw.PortMask(t.Tuple.PortBits)), Protomask: protoMask(t.Tuple)}
+		sm, dm := addrMask(t.Tuple.SrcBits, 128), addrMask(t.Tuple.DstBits, 128)
+		for w := range 4 {
+			e.Smask[w], e.Dmask[w] = ne32(sm[4*w:]), ne32(dm[4*w:])
+		}
+		v.T6[i] = e
+	}
+	return v
+}
+
+func key4(gen uint32, k fw.EntryKey) bpffw.Key4 {
+	s, d := k.Src.As4(), k.Dst.As4()
+	return bpffw.Key4{Hdr: keyHdr(gen, k.Scope, k.Tuple), Src: ne32(s[:]), Dst: ne32(d[:]), Port: ne16(k.Port), Proto: k.Proto}
+}
+
+func key6(gen uint32, k fw.EntryKey) bpffw.Key6 {
+	s, d := k.Src.As16(), k.Dst.As16()
+	out := bpffw.Key6{Hdr: keyHdr(gen, k.Scope, k.Tuple), Port: ne16(k.Port), Proto: k.Proto}
+	for w := range 4 {
+		out.Src[w], out.Dst[w] = ne32(s[4*w:]), ne32(d[4*w:])
+	}
+	return out
+}
+
+// fits checks c against the maps' capacities (Compile with Limits
+// already did; this guards a Compiled made with other limits).
+func fits(c *fw.Compiled) error {
+	if len(c.Rules) > bpffw.MaxRules {
+		return fmt.Errorf("%w: %d rules, at most %d", fw.ErrCapacity, len(c.Rules), bpffw.MaxRules)
+	}
+	if len(c.Ifaces) > bpffw.MaxIfaces {
+		return fmt.Errorf("%w: %d interfaces, at most %d", fw.ErrCapacity, len(c.Ifaces), bpffw.MaxIfaces)
+	}
+	for f := range 2 {
+		if len(c.Entries[f]) > bpffw.MaxEntries {
+			return fmt.Errorf("%w: %d entries, at most %d", fw.ErrCapacity, len(c.Entries[f]), bpffw.MaxEntries)
+		}
+		for _, sc := range c.Scopes {
+			if len(sc.Search[f]) > bpffw.MaxTuples {
+				return fmt.Errorf("%w: %d tuples at %s %s, at most %d", fw.ErrCapacity, len(sc.Search[f]),
+					sc.Scope.Iface, sc.Scope.Hook, bpffw.MaxTuples)
+			}
 		}
 	}
-	return &out
+	return nil
 }
 
 func hookNum(h fw.Direction) uint32 {
@@ -88,8 +166,8 @@ func action(a fw.Action) uint32 {
 func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reevaluate bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if len(c.Rules) > bpffw.MaxRules || c.Words > bpffw.Words {
-		return fmt.Errorf("%w: %d rules, at most %d", fw.ErrCapacity, len(c.Rules), bpffw.MaxRules)
+	if err := fits(c); err != nil {
+		return err
 	}
 	idx := map[string]int{}
 	for _, n := range c.Ifaces {
@@ -116,52 +194,61 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 	if err != nil {
 		return err
 	}
-	for sc, bits := range c.Scopes {
-		if sc.Iface == "" {
-			continue // every attached interface has its own scope
-		}
-		k := bpffw.ScopeKey{Gen: gen, Ifindex: uint32(idx[sc.Iface]), Hook: hookNum(sc.Hook)}
-		v := bpffw.ScopeVal{Deflt: action(c.Defaults[sc]), Bits: *encodeBits(bits)}
-		if err := d.m.FwScopes.Update(&k, &v, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("writing scope %s/%s: %w", sc.Iface, sc.Hook, err)
-		}
-	}
-	for _, t := range []struct {
-		m    *ebpf.Map
-		ents []fw.PrefixBits
-	}{{d.m.FwSrc4, c.Src4}, {d.m.FwDst4, c.Dst4}, {d.m.FwSrc6, c.Src6}, {d.m.FwDst6, c.Dst6}} {
-		for _, e := range t.ents {
-			if err := t.m.Update(lpmKey(gen, e.Prefix), encodeBits(e.Bits), ebpf.UpdateAny); err != nil {
-				return fmt.Errorf("writing prefix %s: %w", e.Prefix, err)
-			}
+	// Interfaces: slot i+1 for c.Ifaces[i], its scopes at slot i.
+	direct := make([]uint32, bpffw.IfindexDirect)
+	for i, n := range c.Ifaces {
+		ix := uint32(idx[n])
+		if ix < bpffw.IfindexDirect {
+			direct[ix] = uint32(i + 1)
+		} else if err := d.m.FwIfslotHi.Update(&bpffw.IfslotKey{Gen: gen, Ifindex: ix}, uint32(i+1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("writing interface %s: %w", n, err)
 		}
 	}
-	for p, bits := range c.Proto {
-		if err := d.m.FwProto.Update(&bpffw.GenKey{Gen: gen, Id: uint32(p)}, encodeBits(bits), ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("writing protocol %d: %w", p, err)
+	dkeys := make([]uint32, bpffw.IfindexDirect)
+	for i := range dkeys {
+		dkeys[i] = gen*bpffw.IfindexDirect + uint32(i)
+	}
+	if err := batchUpdate(d.m.FwIfslot, dkeys, direct); err != nil {
+		return err
+	}
+	slot := map[string]uint32{}
+	for i, n := range c.Ifaces {
+		slot[n] = uint32(i)
+	}
+	for i := range c.Scopes {
+		sc := &c.Scopes[i]
+		if sc.Scope.Iface == "" {
+			continue // node-wide tuples are in every interface's search lists
+		}
+		k := (gen*bpffw.MaxIfaces+slot[sc.Scope.Iface])*2 + hookNum(sc.Scope.Hook)
+		if err := d.m.FwScopesV2.Update(k, encodeScope(gen, sc), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("writing scope %s/%s: %w", sc.Scope.Iface, sc.Scope.Hook, err)
 		}
 	}
-	keys := make([]uint32, bpffw.Ports)
-	vals := make([]uint32, bpffw.Ports)
-	for i, iv := range c.Ports {
-		if err := d.m.FwPorts.Update(&bpffw.GenKey{Gen: gen, Id: uint32(i)}, encodeBits(iv.Bits), ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("writing port interval %d-%d: %w", iv.Lo, iv.Hi, err)
-		}
-		for p := int(iv.Lo); p <= int(iv.Hi); p++ {
-			keys[p], vals[p] = gen*bpffw.Ports+uint32(p), uint32(i)
-		}
+	keys4, vals4 := make([]bpffw.Key4, 0, len(c.Entries[fw.IPv4])), make([]uint32, 0, len(c.Entries[fw.IPv4]))
+	for k, pos := range c.Entries[fw.IPv4] {
+		keys4, vals4 = append(keys4, key4(gen, k)), append(vals4, uint32(pos))
 	}
-	if _, err := d.m.FwPortIdx.BatchUpdate(keys, vals, nil); err != nil {
-		return fmt.Errorf("writing port index: %w", err)
+	if err := batchUpdate(d.m.FwTss4, keys4, vals4); err != nil {
+		return err
 	}
+	keys6, vals6 := make([]bpffw.Key6, 0, len(c.Entries[fw.IPv6])), make([]uint32, 0, len(c.Entries[fw.IPv6]))
+	for k, pos := range c.Entries[fw.IPv6] {
+		keys6, vals6 = append(keys6, key6(gen, k)), append(vals6, uint32(pos))
+	}
+	if err := batchUpdate(d.m.FwTss6, keys6, vals6); err != nil {
+		return err
+	}
+	rkeys, rvals := make([]uint32, len(c.Rules)), make([]bpffw.Rule, len(c.Rules))
 	for i, r := range c.Rules {
-		v := bpffw.Rule{Slot: slots[i], Action: uint8(action(r.Action))}
+		rkeys[i] = gen*bpffw.MaxRules + uint32(i)
+		rvals[i] = bpffw.Rule{Slot: slots[i], Action: uint8(action(r.Action))}
 		if r.Log {
-			v.Log = 1
+			rvals[i].Log = 1
 		}
-		if err := d.m.FwRules.Update(gen*bpffw.MaxRules+uint32(i), &v, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("writing rule %s: %w", r.Name, err)
-		}
+	}
+	if err := batchUpdate(d.m.FwRulesV2, rkeys, rvals); err != nil {
+		return err
 	}
 
 	// The switch.
@@ -169,7 +256,7 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 	if reevaluate {
 		nc.Reevaluate = 1
 	}
-	if err := d.m.FwCfg.Update(uint32(0), &nc, ebpf.UpdateAny); err != nil {
+	if err := d.m.FwCfgV2.Update(uint32(0), &nc, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("switching generation: %w", err)
 	}
 
@@ -192,48 +279,53 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 	return nil
 }
 
-func lpmKey(gen uint32, p netip.Prefix) any {
-	if p.Addr().Is4() {
-		return &bpffw.LPM4Key{Prefixlen: 32 + uint32(p.Bits()), Gen: gen, Addr: p.Addr().As4()}
+// batchChunk bounds one batch syscall's buffers.
+const batchChunk = 8192
+
+func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
+	for i := 0; i < len(keys); i += batchChunk {
+		j := min(i+batchChunk, len(keys))
+		if _, err := m.BatchUpdate(keys[i:j], vals[i:j], nil); err != nil {
+			return fmt.Errorf("writing %s: %w", m, err)
+		}
 	}
-	return &bpffw.LPM6Key{Prefixlen: 32 + uint32(p.Bits()), Gen: gen, Addr: p.Addr().As16()}
+	return nil
 }
 
-// clear deletes generation gen's entries from the keyed tables (arrays are
-// overwritten in full by Apply).
+// clear deletes generation gen's entries from the hash tables. The arrays
+// need no clearing: Apply rewrites fw_ifslot's half in full, and the
+// scopes and rules it writes are the only ones the new half refers to.
 func (d *Datapath) clear(gen uint32) error {
-	errs := []error{
-		clearGen(d.m.FwScopes, gen, func(k *bpffw.ScopeKey) uint32 { return k.Gen }),
-		clearGen(d.m.FwSrc4, gen, func(k *bpffw.LPM4Key) uint32 { return k.Gen }),
-		clearGen(d.m.FwDst4, gen, func(k *bpffw.LPM4Key) uint32 { return k.Gen }),
-		clearGen(d.m.FwSrc6, gen, func(k *bpffw.LPM6Key) uint32 { return k.Gen }),
-		clearGen(d.m.FwDst6, gen, func(k *bpffw.LPM6Key) uint32 { return k.Gen }),
-		clearGen(d.m.FwProto, gen, func(k *bpffw.GenKey) uint32 { return k.Gen }),
-		clearGen(d.m.FwPorts, gen, func(k *bpffw.GenKey) uint32 { return k.Gen }),
-	}
-	return errors.Join(errs...)
+	return errors.Join(
+		clearGen[bpffw.IfslotKey, uint32](d.m.FwIfslotHi, func(k *bpffw.IfslotKey) bool { return k.Gen == gen }),
+		clearGen[bpffw.Key4, uint32](d.m.FwTss4, func(k *bpffw.Key4) bool { return k.Hdr>>31 == gen }),
+		clearGen[bpffw.Key6, uint32](d.m.FwTss6, func(k *bpffw.Key6) bool { return k.Hdr>>31 == gen }),
+	)
 }
 
-func clearGen[K any](m *ebpf.Map, gen uint32, genOf func(*K) uint32) error {
-	var stale []K
-	var cur, next K
-	var prev any // nil: start at the first key
+// clearGen deletes the keys of m that stale selects, reading the map in
+// batches (a 65,536-rule set is as many entries).
+func clearGen[K, V any](m *ebpf.Map, stale func(*K) bool) error {
+	var del []K
+	keys, vals := make([]K, batchChunk), make([]V, batchChunk)
+	var cursor ebpf.MapBatchCursor
 	for {
-		err := m.NextKey(prev, &next)
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			if stale(&keys[i]) {
+				del = append(del, keys[i])
+			}
+		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("iterating %s: %w", m, err)
+			return fmt.Errorf("reading %s: %w", m, err)
 		}
-		if genOf(&next) == gen {
-			stale = append(stale, next)
-		}
-		cur = next
-		prev = &cur
 	}
-	for i := range stale {
-		if err := m.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	for i := 0; i < len(del); i += batchChunk {
+		j := min(i+batchChunk, len(del))
+		if _, err := m.BatchDelete(del[i:j], nil); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deleting from %s: %w", m, err)
 		}
 	}
@@ -248,7 +340,7 @@ func (d *Datapath) adoptSlots(c *fw.Compiled, gen uint32) {
 	got := map[string]uint32{}
 	for i, r := range c.Rules {
 		var v bpffw.Rule
-		if err := d.m.FwRules.Lookup(gen*bpffw.MaxRules+uint32(i), &v); err != nil || v.Slot >= bpffw.MaxRules || seen[v.Slot] {
+		if err := d.m.FwRulesV2.Lookup(gen*bpffw.MaxRules+uint32(i), &v); err != nil || v.Slot >= bpffw.MaxRules || seen[v.Slot] {
 			return
 		}
 		seen[v.Slot] = true
@@ -260,12 +352,18 @@ func (d *Datapath) adoptSlots(c *fw.Compiled, gen uint32) {
 }
 
 // assignSlots gives every rule of c a counter slot: its old one if it had
-// one, else a free one with zeroed counters.
+// one, else a free one with zeroed counters. Slots of the rules c removes
+// stay theirs until the switch (packets judged by the old set still count
+// into them), unless old and new rules together need more than MaxRules
+// slots: then removed rules' slots are reused, and a packet the old set
+// counts between their zeroing here and the switch is counted for the new
+// rule.
 func (d *Datapath) assignSlots(c *fw.Compiled) ([]uint32, error) {
 	used := map[uint32]bool{}
 	for _, s := range d.slots {
 		used[s] = true
 	}
+	var leaving []string // computed when the free slots run out
 	next := uint32(0)
 	out := make([]uint32, len(c.Rules))
 	zero := make([]bpffw.Counter, runtime.NumCPU())
@@ -277,18 +375,37 @@ func (d *Datapath) assignSlots(c *fw.Compiled) ([]uint32, error) {
 			out[i] = s
 			continue
 		}
-		for used[next] {
+		for next < bpffw.MaxRules && used[next] {
 			next++
 		}
-		if next >= bpffw.MaxRules {
-			return nil, fmt.Errorf("%w: no free counter slot", fw.ErrCapacity)
+		slot := next
+		if slot >= bpffw.MaxRules {
+			if leaving == nil {
+				keep := map[string]bool{}
+				for _, r := range c.Rules {
+					keep[r.Name] = true
+				}
+				leaving = []string{}
+				for name := range d.slots {
+					if !keep[name] {
+						leaving = append(leaving, name)
+					}
+				}
+			}
+			if len(leaving) == 0 {
+				return nil, fmt.Errorf("%w: no free counter slot", fw.ErrCapacity)
+			}
+			old := leaving[len(leaving)-1]
+			leaving = leaving[:len(leaving)-1]
+			slot = d.slots[old]
+			delete(d.slots, old)
 		}
-		if err := d.m.FwCounters.Update(next, zero, ebpf.UpdateAny); err != nil {
+		if err := d.m.FwCountersV2.Update(slot, zero, ebpf.UpdateAny); err != nil {
 			return nil, fmt.Errorf("zeroing counters: %w", err)
 		}
-		used[next] = true
-		d.slots[r.Name], d.names[next] = next, r.Name
-		out[i] = next
+		used[slot] = true
+		d.slots[r.Name], d.names[slot] = slot, r.Name
+		out[i] = slot
 	}
 	return out, nil
 }
@@ -300,7 +417,7 @@ func (d *Datapath) Counters() (map[string]Counter, error) {
 	out := make(map[string]Counter, len(d.slots))
 	var per []bpffw.Counter
 	for name, s := range d.slots {
-		if err := d.m.FwCounters.Lookup(s, &per); err != nil {
+		if err := d.m.FwCountersV2.Lookup(s, &per); err != nil {
 			return nil, fmt.Errorf("reading counters of %s: %w", name, err)
 		}
 		var c Counter
@@ -335,7 +452,7 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 func (d *Datapath) FlushConnections() error {
 	var k bpffw.CTKey
 	var keys []bpffw.CTKey
-	it := d.m.FwCt.Iterate()
+	it := d.m.FwCtV2.Iterate()
 	for it.Next(&k, new(bpffw.CTVal)) {
 		keys = append(keys, k)
 	}
@@ -343,7 +460,7 @@ func (d *Datapath) FlushConnections() error {
 		return fmt.Errorf("iterating connections: %w", err)
 	}
 	for i := range keys {
-		if err := d.m.FwCt.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := d.m.FwCtV2.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("deleting connection: %w", err)
 		}
 	}

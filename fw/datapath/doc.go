@@ -1,7 +1,7 @@
 // Package datapath is the only code that knows bpf/fw's C layouts. It
 // encodes a compiled rule set (package fw) into the firewall object's maps
-// and replaces a whole set atomically: every table is keyed by a
-// generation bit, Apply fills the inactive half and then flips one
+// and replaces a whole set atomically: every table is keyed or indexed
+// by a generation bit, Apply fills the inactive half and then flips one
 // config word, so a packet, which reads the generation once, is judged by
 // the old set or the new one, never a mix. It also assigns stable
 // per-rule counter slots, reads counters and verdict statistics, decodes

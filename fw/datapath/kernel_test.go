@@ -561,16 +561,40 @@ func TestDifferentialAgainstReferenceModel(t *testing.T) {
 	}
 }
 
+// unmergeableTuples returns rules needing 66 mask tuples of which no two
+// can merge (each compares more source bits but fewer destination bits
+// than the next, or the protocol or not): more than MaxTuples at d0.
+func unmergeableTuples() fw.RuleSet {
+	var s fw.RuleSet
+	for i := 0; i <= 32; i++ {
+		for _, proto := range []uint8{fw.ProtoAny, fw.ProtoUDP} {
+			s.Rules = append(s.Rules, fw.Rule{Name: fmt.Sprintf("t%d-%d", i, proto), Action: fw.Allow, Proto: proto,
+				Src: netip.PrefixFrom(a("10.1.2.3"), i).Masked(), Dst: netip.PrefixFrom(a("10.4.5.6"), 32-i).Masked()})
+		}
+	}
+	return s
+}
+
 func TestCapacityRefusedBeforeAnyWrite(t *testing.T) {
 	e := newEnv(t)
 	e.apply(fw.RuleSet{Rules: []fw.Rule{{Name: "keep", Action: fw.Deny, Proto: fw.ProtoUDP}}}, fw.Resolved{fw.Node: {"d0"}})
 	gen, _ := e.dp.Generation()
-	s := fw.RuleSet{}
+	tooMany := fw.RuleSet{}
 	for i := 0; i <= bpffw.MaxRules; i++ {
-		s.Rules = append(s.Rules, fw.Rule{Name: fmt.Sprintf("r%d", i), Action: fw.Allow})
+		tooMany.Rules = append(tooMany.Rules, fw.Rule{Name: fmt.Sprintf("r%d", i), Action: fw.Allow})
 	}
-	if _, err := fw.Compile(s, fw.Resolved{fw.Node: {"d0"}}, Limits); !errors.Is(err, fw.ErrCapacity) {
-		t.Fatalf("want ErrCapacity, got %v", err)
+	// Entries: 40,000 rules of 8 port blocks each (1-30), distinct sources.
+	tooBig := fw.RuleSet{}
+	for i := 0; i < 40000; i++ {
+		tooBig.Rules = append(tooBig.Rules, fw.Rule{Name: fmt.Sprintf("r%d", i), Action: fw.Allow, Proto: fw.ProtoTCP,
+			Ports: fw.PortRange{Lo: 1, Hi: 30}, Src: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}), 32)})
+	}
+	for name, s := range map[string]fw.RuleSet{"rules": tooMany, "tuples": unmergeableTuples(), "entries": tooBig} {
+		_, err := fw.Compile(s, fw.Resolved{fw.Node: {"d0"}}, Limits)
+		if !errors.Is(err, fw.ErrCapacity) {
+			t.Fatalf("%s: want ErrCapacity, got %v", name, err)
+		}
+		t.Logf("%s: %v", name, err)
 	}
 	c, err := fw.Compile(fw.RuleSet{Rules: []fw.Rule{{Name: "x", Action: fw.Allow, Target: fw.Target{Kind: fw.TargetIface, Name: "nope0"}}}}, nil, Limits)
 	if err != nil {
@@ -584,6 +608,83 @@ func TestCapacityRefusedBeforeAnyWrite(t *testing.T) {
 	}
 	if got := e.run(fw.Ingress, "d0", tpkt{src: hostA, dst: hostB, proto: 17, sport: 1, dport: 1}.build()); got != drop {
 		t.Fatalf("the old set is no longer enforced: %s", verdictName(got))
+	}
+}
+
+// TestLargeRuleSets applies 65,536-rule sets (the benchmark's, and a
+// busier mixed one) and checks sampled packets through the programs
+// against the reference model.
+func TestLargeRuleSets(t *testing.T) {
+	e := newEnv(t)
+	const n = 65536
+	r := mrand.New(mrand.NewPCG(21, 22))
+	res := fw.Resolved{fw.Node: {"d0", "d1"}}
+	sport := uint16(1000)
+	for _, c := range []struct {
+		name string
+		s    fw.RuleSet
+		hook fw.Direction
+	}{
+		{"benchmark", fwtest.BenchRules(n, "d0"), fw.Egress},
+		{"mixed", fwtest.LargeRuleSet(r, n, "d1"), fw.Ingress},
+	} {
+		e.apply(c.s, res)
+		for i := 0; i < 48; i++ {
+			p := fwtest.PacketFor(c.s.Rules[r.IntN(n)], []string{"d0", "d1"}[r.IntN(2)], c.hook)
+			if i%2 == 1 {
+				p.Src = netip.AddrFrom4([4]byte{10, byte(r.IntN(4)), byte(r.IntN(256)), byte(r.IntN(256))})
+				p.Dst, p.Proto, p.DPort = hostB, fw.ProtoUDP, uint16(1+r.IntN(65535))
+			}
+			sport++
+			tp := tpkt{src: p.Src, dst: p.Dst, proto: p.Proto, sport: sport, dport: p.DPort}
+			if p.Proto == fw.ProtoICMP {
+				tp.icmpType = 8
+			} else if p.Proto == fw.ProtoICMPv6 {
+				tp.icmpType = 128
+			}
+			want := fw.Evaluate(&c.s, res, p)
+			wantV := uint32(next)
+			if want.Action == fw.Deny {
+				wantV = drop
+			}
+			if got := e.run(p.Hook, p.Iface, tp.build()); got != wantV {
+				t.Fatalf("%s: packet %+v: datapath %s, model %+v", c.name, p, verdictName(got), want)
+			}
+		}
+	}
+	// The second set shares no name with the first: its rules got the
+	// first's counter slots.
+	cnt, err := e.dp.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cnt) != n {
+		t.Errorf("%d counters after replacing %d rules by %d others", len(cnt), n, n)
+	}
+	if _, ok := cnt["r0"]; ok {
+		t.Errorf("a removed rule still has a counter")
+	}
+}
+
+// TestLargeIfindex checks an interface whose ifindex is past the direct
+// array (fw_ifslot_hi), next to one below it.
+func TestLargeIfindex(t *testing.T) {
+	e := newEnv(t)
+	sh(t, "ip", "-n", e.ns, "link", "add", "name", "h0", "index", "70000", "type", "veth", "peer", "name", "h1")
+	e.ifidx["h0"] = 70000
+	s := fw.RuleSet{Rules: []fw.Rule{
+		{Name: "h0-dns", Action: fw.Deny, Proto: fw.ProtoUDP, Ports: fw.PortRange{Lo: 53, Hi: 53}, Target: fw.Target{Kind: fw.TargetIface, Name: "h0"}},
+		{Name: "d0-dns", Action: fw.Deny, Proto: fw.ProtoUDP, Ports: fw.PortRange{Lo: 54, Hi: 54}, Target: fw.Target{Kind: fw.TargetIface, Name: "d0"}},
+	}}
+	e.apply(s, nil)
+	for _, c := range []struct {
+		iface string
+		dport uint16
+		want  uint32
+	}{{"h0", 53, drop}, {"h0", 54, next}, {"d0", 54, drop}, {"d0", 53, next}} {
+		if got := e.run(fw.Ingress, c.iface, tpkt{src: hostA, dst: hostB, proto: 17, sport: 7, dport: c.dport}.build()); got != c.want {
+			t.Errorf("%s port %d: got %s, want %s", c.iface, c.dport, verdictName(got), verdictName(c.want))
+		}
 	}
 }
 

@@ -88,3 +88,97 @@ func Packet(r *rand.Rand, ifaces []string) fw.Packet {
 	}
 	return p
 }
+
+// BenchRules returns the benchmarks' rule set: n deny rules on iface's
+// egress, priority in order, and a node-wide default deny on egress.
+// Even rules match a UDP destination port (any source), odd ones a
+// source /32 (any port); a packet from 10.255.255.1 to port 9 matches
+// none, so a linear evaluator walks all n.
+func BenchRules(n int, iface string) fw.RuleSet {
+	s := fw.RuleSet{Policies: []fw.Policy{{Target: fw.Node, Direction: fw.Ingress, Action: fw.Deny},
+		{Target: fw.Node, Direction: fw.Egress, Action: fw.Deny}}}
+	for i := 0; i < n; i++ {
+		r := fw.Rule{Name: fmt.Sprintf("r%d", i), Priority: i, Action: fw.Deny, Proto: fw.ProtoUDP,
+			Direction: fw.Egress, Target: fw.Target{Kind: fw.TargetIface, Name: iface}}
+		if i%2 == 0 {
+			r.Ports = fw.PortRange{Lo: uint16(10000 + i/2%50000), Hi: uint16(10000 + i/2%50000)}
+		} else {
+			r.Src = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+		}
+		s.Rules = append(s.Rules, r)
+	}
+	return s
+}
+
+// LargeRuleSet returns n ingress rules of a busier kind than RuleSet's:
+// sources of several prefix lengths in both families over a wide pool,
+// TCP port ranges, UDP ports, ICMP, priorities with ties, a quarter of
+// them on iface and the rest node-wide, and a node-wide default deny.
+func LargeRuleSet(r *rand.Rand, n int, iface string) fw.RuleSet {
+	s := fw.RuleSet{Policies: []fw.Policy{{Target: fw.Node, Direction: fw.Ingress, Action: fw.Deny}}}
+	for i := 0; i < n; i++ {
+		rule := fw.Rule{Name: fmt.Sprintf("m%d", i), Priority: r.IntN(1000), Action: fw.Allow, Direction: fw.Ingress, Target: fw.Node}
+		if r.IntN(3) == 0 {
+			rule.Action = fw.Deny
+		}
+		if r.IntN(4) == 0 {
+			rule.Target = fw.Target{Kind: fw.TargetIface, Name: iface}
+		}
+		if r.IntN(5) == 0 {
+			a := [16]byte{0xfd, 0, 0, byte(r.IntN(4)), 0, 0, 0, byte(r.IntN(256))}
+			rule.Src = netip.PrefixFrom(netip.AddrFrom16(a), pick(r, []int{48, 64, 128})).Masked()
+		} else {
+			a := [4]byte{10, byte(r.IntN(4)), byte(r.IntN(256)), byte(r.IntN(256))}
+			rule.Src = netip.PrefixFrom(netip.AddrFrom4(a), pick(r, []int{16, 24, 32})).Masked()
+		}
+		switch r.IntN(4) {
+		case 0:
+			rule.Proto = fw.ProtoTCP
+			lo := uint16(1 + r.IntN(60000))
+			rule.Ports = fw.PortRange{Lo: lo, Hi: lo + uint16(r.IntN(2000))}
+		case 1:
+			rule.Proto = fw.ProtoUDP
+			p := pick(r, []uint16{53, 123, 443, 5353})
+			rule.Ports = fw.PortRange{Lo: p, Hi: p}
+		case 2:
+			rule.Proto = fw.ProtoICMP
+		}
+		s.Rules = append(s.Rules, rule)
+	}
+	return s
+}
+
+// PacketFor returns a packet at (iface, hook) that matches rule's header
+// fields: its source address, protocol and highest port, from the rule's
+// family. Whether the rule decides depends on the rules before it.
+func PacketFor(rule fw.Rule, iface string, hook fw.Direction) fw.Packet {
+	p := fw.Packet{Iface: iface, Hook: hook, Src: netip.MustParseAddr("10.255.255.1"),
+		Dst: netip.MustParseAddr("10.198.0.2"), Proto: fw.ProtoUDP, DPort: 9}
+	if rule.Src.IsValid() {
+		p.Src = rule.Src.Addr()
+	}
+	if rule.Dst.IsValid() {
+		p.Dst = rule.Dst.Addr()
+	}
+	if p.Src.Is6() != p.Dst.Is6() {
+		if p.Src.Is6() {
+			p.Dst = netip.MustParseAddr("fd00:198::2")
+		} else {
+			p.Src = netip.MustParseAddr("10.255.255.1")
+		}
+	}
+	if rule.Proto != fw.ProtoAny {
+		p.Proto = rule.Proto
+	}
+	if p.Proto == fw.ProtoICMP && p.Src.Is6() {
+		p.Proto = fw.ProtoICMPv6
+	}
+	p.DPort = 0
+	if p.Proto == fw.ProtoTCP || p.Proto == fw.ProtoUDP {
+		p.DPort = 9
+		if !rule.Ports.Any() {
+			p.DPort = rule.Ports.Hi
+		}
+	}
+	return p
+}
