@@ -6,11 +6,13 @@
 set -eu
 cd "$(dirname "$0")/.."
 
+echo "== established flow vs the XDP_PASS floor, interleaved rounds (medians, median ratio)"
+go test -tags bpftest -run '^$' -bench 'BenchmarkXDPRatio' -benchtime 45x -count 3 ./lb/datapath/ | grep Benchmark
 echo "== XDP per packet (ns/pkt = kernel time per run); floors: trivial XDP_PASS"
 go test -tags bpftest -run '^$' -bench 'BenchmarkXDP$' -benchtime 1000000x ./lb/datapath/ | grep Benchmark
 echo "== established flow with 1, 10k, 100k services loaded"
-go test -tags bpftest -run '^$' -bench 'BenchmarkXDPServices' -benchtime 1000000x ./lb/datapath/ | grep Benchmark
-echo "== 1M flows round-robin over the 256k-entry flow table (compare established-single)"
+go test -tags bpftest -run '^$' -bench 'BenchmarkXDPServices' -benchtime 1000000x -count 3 ./lb/datapath/ | grep Benchmark
+echo "== 1M flows round-robin over the 256k-entry flow table, NAT and DSR, each beside an established flow run the same way"
 go test -tags bpftest -run '^$' -bench 'BenchmarkXDPChurn' -benchtime 2000000x ./lb/datapath/ | grep Benchmark
 echo "== control plane: one service with 100 backends (+ Maglev table), 100k services loaded"
 go test -tags bpftest -run '^$' -bench 'BenchmarkControlPlane' -benchtime 100x ./lb/datapath/ | grep Benchmark
