@@ -511,6 +511,18 @@ static __always_inline void fw_frag_key(struct fw_frag_key *k, __u32 ifindex, st
 	__builtin_memcpy(k->daddr, pkt->daddr, 16);
 }
 
+/* fw_frag_allow: a first fragment that passes as part of a tracked flow
+ * lets its later fragments (which carry no ports) pass too. */
+static __always_inline void fw_frag_allow(__u32 ifindex, struct qbo_pkt *pkt)
+{
+	if (!(pkt->flags & QBO_PKT_FRAG))
+		return;
+	struct fw_frag_key fk;
+	struct fw_frag_val fv = {.action = FW_ACT_ALLOW, .slot = FW_SLOT_DEFAULT};
+	fw_frag_key(&fk, ifindex, pkt);
+	bpf_map_update_elem(&fw_frags, &fk, &fv, BPF_ANY);
+}
+
 /* fw_ct_fill sets k to the flow of a packet from (s, sp) to (d, dp) and
  * returns whether the packet goes from endpoint b to endpoint a. */
 static __always_inline __u8 fw_ct_fill(struct fw_ct_key *k, const __be32 *s, __be16 sp, const __be32 *d,
@@ -591,8 +603,10 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	__u8 from_b = fw_ct_fill(&ck, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport);
 	struct fw_ct_val *cv = bpf_map_lookup_elem(&fw_ct_v2, &ck);
 	int reply = cv && cv->first_b != from_b;
-	if (cv && (!reeval || cv->generation == generation))
+	if (cv && (!reeval || cv->generation == generation)) {
+		fw_frag_allow(ifindex, &pkt);
 		return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
+	}
 
 	/* A new flow, or a tracked one to judge again by a newer rule set
 	 * (as its first direction was judged, at the hook it was seen). */
@@ -617,6 +631,7 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	if (cv) {
 		if (class == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
 			cv->generation = generation;
+			fw_frag_allow(ifindex, &pkt);
 			return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
 		}
 		bpf_map_delete_elem(&fw_ct_v2, &ck);

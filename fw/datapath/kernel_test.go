@@ -442,6 +442,30 @@ func TestLaterFragmentsFollowTheFirst(t *testing.T) {
 	if st["frag_allow"] != 2 || st["frag_deny"] != 2 || st["frag_orphan"] != 2 {
 		t.Errorf("stats: %v", st)
 	}
+	// A fragmented datagram of a flow that is already tracked (its first
+	// fragment passes by the connection table, without classification):
+	// its later fragments follow it, in both directions of the flow.
+	for _, fam := range [][2]netip.Addr{{hostA, hostB}, {six1, six2}} {
+		open := tpkt{src: fam[0], dst: fam[1], proto: 17, sport: 2000, dport: 54}
+		if got := e.run(fw.Ingress, "d0", open.build()); got != next {
+			t.Fatalf("%s: opening datagram %s", fam[0], verdictName(got))
+		}
+		for i, dir := range [][2]netip.Addr{{fam[0], fam[1]}, {fam[1], fam[0]}} {
+			sp, dp := uint16(2000), uint16(54)
+			if i == 1 {
+				sp, dp = dp, sp
+			}
+			first := tpkt{src: dir[0], dst: dir[1], proto: 17, sport: sp, dport: dp, moreFrags: true, fragID: uint32(20 + i), payload: 32}
+			later := first
+			later.fragOff, later.moreFrags = 5, false
+			if got := e.run(fw.Ingress, "d0", first.build()); got != next {
+				t.Errorf("%s dir %d: tracked first fragment %s", fam[0], i, verdictName(got))
+			}
+			if got := e.run(fw.Ingress, "d0", later.build()); got != next {
+				t.Errorf("%s dir %d: later fragment of a tracked flow %s, want pass", fam[0], i, verdictName(got))
+			}
+		}
+	}
 }
 
 // corpus is the malformed-input corpus: truncations of well-formed packets
