@@ -696,15 +696,17 @@ func (s *fwSystem) registerCommands(h *mirror.Hub) {
 		set.Prefilter = out
 		return set, map[string]int{"deleted": len(drop)}, nil
 	}))
-	h.Handle("get prefilter", func(context.Context, *mirror.Request) (any, error) {
-		s.mu.Lock()
-		defer s.mu.Unlock()
+	h.Handle("get prefilter", s.read(func(req *mirror.Request) (any, error) {
+		var none struct{}
+		if err := req.Decode(&none); err != nil {
+			return nil, err
+		}
 		out := make([]map[string]string, 0, len(s.set.Prefilter))
 		for _, p := range s.set.Prefilter {
 			out = append(out, map[string]string{"cidr": p.String()})
 		}
 		return out, nil
-	})
+	}))
 	h.Handle("get policies", s.read(func(req *mirror.Request) (any, error) {
 		// The name of "get policies NAME" is a target: node, iface:NAME or
 		// instance:NAME, as the policies show it.

@@ -53,6 +53,7 @@ func TestCommandArgumentErrors(t *testing.T) {
 	checkErrors(t, ctx, c, []commandCase{
 		{"get rules", bogus, mirror.CodeBadRequest, `unknown field "bogus"`},
 		{"get policies", bogus, mirror.CodeBadRequest, `unknown field "bogus"`},
+		{"get prefilter", bogus, mirror.CodeBadRequest, `unknown field "bogus"`},
 		{"get services", bogus, mirror.CodeBadRequest, `unknown field "bogus"`},
 		{"get services", map[string]any{"name": "web", "vip": "10.0.0.1:80/tcp"}, mirror.CodeBadRequest, `unknown field "vip"`},
 		{"get policies", map[string]any{"name": "eth0"}, mirror.CodeBadRequest, "target"},
@@ -153,6 +154,8 @@ func TestStoppedSubsystemsAnswerUnavailable(t *testing.T) {
 		{"get rules", map[string]any{"bogus": 1}, mirror.CodeUnavailable, fwDown},
 		{"get policies", nil, mirror.CodeUnavailable, fwDown},
 		{"get policies", map[string]any{"bogus": 1}, mirror.CodeUnavailable, fwDown},
+		{"get prefilter", nil, mirror.CodeUnavailable, fwDown},
+		{"add prefilter", map[string]any{"cidrs": []string{"192.0.2.0/24"}}, mirror.CodeUnavailable, fwDown},
 		{"add rule", map[string]any{"name": "x", "action": "deny"}, mirror.CodeUnavailable, fwDown},
 		{"delete rule", map[string]any{"name": "x"}, mirror.CodeUnavailable, fwDown},
 		{"set policy", map[string]any{"action": "deny"}, mirror.CodeUnavailable, fwDown},
