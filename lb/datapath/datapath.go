@@ -26,6 +26,7 @@ type Datapath struct {
 	pending map[uint32]span   // written by PutMaglev, not yet switched to
 	loaded  bool              // slots/tables reflect the maps (after Read)
 	vips    map[uint32]int    // VIP filter bit -> services setting it
+	flowBuf []byte            // FlowCounts' copy of the flow table, reused (16 MiB at the default size)
 }
 
 // New wraps a loaded object.
@@ -413,7 +414,11 @@ func (d *Datapath) FlowCounts() (map[uint32]int, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mapping lb_flows2: %w", err)
 	}
-	raw := make([]byte, flowSetSize*int(m.MaxEntries()))
+	n := flowSetSize * int(m.MaxEntries())
+	if len(d.flowBuf) != n {
+		d.flowBuf = make([]byte, n)
+	}
+	raw := d.flowBuf
 	if _, err := mem.ReadAt(raw, 0); err != nil {
 		return nil, fmt.Errorf("reading lb_flows2: %w", err)
 	}
