@@ -11,27 +11,33 @@
  * are grouped by mask tuple: source and destination prefix length,
  * protocol compared or not, and how many leading destination-port bits
  * are compared (a port range is split into aligned power-of-two blocks).
- * Each (scope, tuple, masked field values) is one entry of fw_tss4 or
- * fw_tss6 holding the best rule position producing it. A packet's scope
- * entry lists, per family, the tuples to search (the interface's own and
- * its hook's node-wide ones) sorted by the best position each holds; the
- * walk masks the packet's fields with each tuple's masks, does one hash
- * lookup, keeps the lowest position, and stops once the next tuple's best
- * cannot beat it. No match: the scope's default policy.
+ * Each (scope, tuple, masked field values) is one entry of fw_tss4_v3 or
+ * fw_tss6_v3 (cuckoo hash tables in arrays, built whole by qbod) holding
+ * the best rule position producing it. A packet's scope entry lists, per
+ * family, the tuples to search (the interface's own and its hook's
+ * node-wide ones) sorted by the best position each holds; the walk masks
+ * the packet's fields with each tuple's masks, probes the entry's two
+ * buckets, keeps the lowest position, and stops once the next tuple's
+ * best cannot beat it. No match: the scope's default policy.
  *
  * Every table is keyed by (or indexed by) generation, and a packet reads
  * the active generation once, so it is judged by one whole rule set.
  *
- * State: an allowed new flow is recorded in fw_ct_v2 (per interface,
- * keyed by its two endpoints in a canonical order, so that a packet and
- * its reply find the entry with one lookup); its later packets and its
- * replies pass without classification, as do ICMP errors quoting it.
- * First fragments record their verdict in fw_frags so later fragments
- * (which carry no ports) follow it.
+ * State: an allowed new flow is recorded in fw_ct_v3 (a set-associative
+ * array; per interface, keyed by its two endpoints in a canonical order,
+ * so that a packet and its reply find the entry with one probe); its
+ * later packets and its replies pass without classification, as do ICMP
+ * errors quoting it. First fragments record their verdict in fw_frags so
+ * later fragments (which carry no ports) follow it.
  *
- * Maps whose layout or meaning changed from the bitmap scheme carry a
- * _v2 name, so that an upgraded object never shares a map with the old
- * programs still attached until qbod updates their links.
+ * Cost: no hash-map lookup and no function call on the path of an
+ * established packet, and one call (fw_search) on the path of a new one;
+ * see fw_tss4_get for why calls matter on this CPU.
+ *
+ * Maps whose layout or meaning changed carry a version suffix (_v2: the
+ * tuple scheme, _v3: the array tables), so that an upgraded object never
+ * shares a map with the old programs still attached until qbod updates
+ * their links.
  */
 #include "qbo_vmlinux.h"
 #include "qbo_uapi.h"
@@ -45,10 +51,13 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define FW_MAX_RULES 65536
 #define FW_MAX_TUPLES 64     /* searched per interface, hook and family */
-#define FW_MAX_ENTRIES 262144 /* per family and generation */
 #define FW_MAX_IFACES 256
 #define FW_IFINDEX_DIRECT 65536 /* ifindexes below this find their slot by array */
-#define FW_CT_SIZE 262144
+#define FW_CT_WAYS 4
+#define FW_CT_SETS 65536 /* 262,144 connections */
+#define FW_TSS_WAYS 4
+#define FW_TSS_SHIFT 16
+#define FW_TSS_BUCKETS (1 << FW_TSS_SHIFT) /* per family and generation */
 #define FW_FRAG_SIZE 16384
 #define FW_LOG_PER_SEC 100 /* deny events per CPU per second */
 #define FW_SLOT_DEFAULT 0xffffffff
@@ -138,7 +147,7 @@ struct fw_key4 {
 	__be16 port;
 	__u8 proto; /* ICMPv6 is ICMP */
 	__u8 pad;
-};
+} __attribute__((aligned(8)));
 
 struct fw_key6 {
 	__u32 hdr;
@@ -147,6 +156,24 @@ struct fw_key6 {
 	__be16 port;
 	__u8 proto;
 	__u8 pad;
+} __attribute__((aligned(8)));
+
+/* The entry tables (fw_tss4_v3, fw_tss6_v3) are bucketized cuckoo hash
+ * tables in arrays, one half per generation, which qbod builds whole for
+ * the inactive generation (fw/datapath): an entry lives in one of the two
+ * buckets its hash names, in one of four ways, tagged with the hash's
+ * high half (0 = empty way). A lookup is two inlined array reads and tag
+ * compares, never a hash-map walk. fw_tss_hash in Go is this hash. */
+struct fw_tss4_bucket {
+	__u32 tag[FW_TSS_WAYS];
+	__u32 pos[FW_TSS_WAYS]; /* the entry's best rule position */
+	struct fw_key4 key[FW_TSS_WAYS];
+};
+
+struct fw_tss6_bucket {
+	__u32 tag[FW_TSS_WAYS];
+	__u32 pos[FW_TSS_WAYS];
+	struct fw_key6 key[FW_TSS_WAYS];
 };
 
 struct fw_rule {
@@ -165,28 +192,50 @@ struct fw_config {
 	__u32 active_gen; /* 0 or 1 */
 	__u32 reevaluate; /* re-classify flows created under an older generation */
 	__u32 generation; /* counts rule-set replacements; low bit = active_gen */
-	__u32 pad;
+	__u32 seed;       /* the active generation's entry-table hash seed */
 };
 
 /* A flow: its two endpoints in canonical order (a before b, comparing
- * address words, then ports), so both directions share one entry. */
+ * address words, then ports), so both directions share one entry. Six
+ * 64-bit words, which fw.c builds in registers (see fw_ct_fill) and
+ * hashes and compares word by word. */
 struct fw_ct_key {
-	__u32 ifindex;
-	__u8 family;
-	__u8 proto;
-	__be16 port_a;
-	__be16 port_b;
-	__u16 pad;
 	__be32 addr_a[4];
 	__be32 addr_b[4];
-};
+	__u32 ifindex;
+	__be16 port_a;
+	__be16 port_b;
+	__u8 family;
+	__u8 proto;
+	__u16 pad;
+	__u32 pad2;
+} __attribute__((aligned(8)));
 
-struct fw_ct_val {
+struct fw_ct_ent {
+	struct fw_ct_key key;
 	__u64 created_ns;
 	__u32 generation; /* fw_config.generation that allowed the flow */
 	__u8 hook;        /* where the flow's first packet was seen */
 	__u8 first_b;     /* the flow's first packet came from endpoint b */
 	__u16 pad;
+};
+
+/* The connection table (fw_ct_v3) is set-associative, like the load
+ * balancer's flow table: an array of FW_CT_SETS sets of FW_CT_WAYS
+ * connections shared by all CPUs; the set is chosen by the key's hash, a
+ * way by its tag (the hash's high half | 1; 0 = empty). Looking up is an
+ * inlined array read and a few compares; a new connection takes an empty
+ * way or the least recently used one. Ways are written without locks:
+ * check covers the tag, hook and direction, so a torn entry read while
+ * another CPU writes it is a miss (the packet is classified). The first
+ * 64 bytes hold the tags, so a miss reads one cache line. */
+struct fw_ct_set {
+	__u32 tag[FW_CT_WAYS];
+	__u32 check[FW_CT_WAYS];
+	__u32 used[FW_CT_WAYS]; /* the set's clock when the way was last used */
+	__u32 clock;            /* advanced on every insert into the set */
+	__u32 pad[3];
+	struct fw_ct_ent way[FW_CT_WAYS];
 };
 
 struct fw_frag_key {
@@ -226,23 +275,25 @@ struct fw_deny_event {
 	__u32 pad2;
 };
 
+/* Bucket b of generation g at g*FW_TSS_BUCKETS + b. Memory-mapped: qbod
+ * writes a generation's half in one copy. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct fw_key4);
-	__type(value, __u32);
-	__uint(max_entries, 2 * FW_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct fw_tss4_bucket);
+	__uint(max_entries, 2 * FW_TSS_BUCKETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_tss4 SEC(".maps");
+} fw_tss4_v3 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__type(key, struct fw_key6);
-	__type(value, __u32);
-	__uint(max_entries, 2 * FW_MAX_ENTRIES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct fw_tss6_bucket);
+	__uint(max_entries, 2 * FW_TSS_BUCKETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_tss6 SEC(".maps");
+} fw_tss6_v3 SEC(".maps");
 
 /* Attached interfaces: generation g's slot + 1 of ifindex i at
  * g*FW_IFINDEX_DIRECT + i (0: not attached). An array lookup is inlined
@@ -254,7 +305,7 @@ struct {
 	__type(value, __u32);
 	__uint(max_entries, 2 * FW_IFINDEX_DIRECT);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_ifslot SEC(".maps");
+} fw_ifslot_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -263,7 +314,7 @@ struct {
 	__uint(max_entries, 2 * FW_MAX_IFACES);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_ifslot_hi SEC(".maps");
+} fw_ifslot_hi_v3 SEC(".maps");
 
 /* Scope of (generation g, slot s, hook h) at (g*FW_MAX_IFACES + s)*2 + h. */
 struct {
@@ -272,7 +323,7 @@ struct {
 	__type(value, struct fw_scope_val);
 	__uint(max_entries, 2 * FW_MAX_IFACES * 2);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_scopes_v2 SEC(".maps");
+} fw_scopes_v3 SEC(".maps");
 
 /* Rule position i of generation g at g*FW_MAX_RULES + i. */
 struct {
@@ -281,7 +332,7 @@ struct {
 	__type(value, struct fw_rule);
 	__uint(max_entries, 2 * FW_MAX_RULES);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_rules_v2 SEC(".maps");
+} fw_rules_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -297,15 +348,16 @@ struct {
 	__type(value, struct fw_config);
 	__uint(max_entries, 1);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_cfg_v2 SEC(".maps");
+} fw_cfg_v3 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__type(key, struct fw_ct_key);
-	__type(value, struct fw_ct_val);
-	__uint(max_entries, FW_CT_SIZE);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct fw_ct_set);
+	__uint(max_entries, FW_CT_SETS);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} fw_ct_v2 SEC(".maps");
+} fw_ct_v3 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -350,6 +402,231 @@ static __always_inline int fw_count(__u32 stat, int verdict)
 	return verdict;
 }
 
+/* ---- hashing (fw_tss_hash and fw_ct_hash in fw/datapath are these) ---- */
+
+/* fw_fold mixes a sum of word products so that every key bit reaches
+ * the low bits (which choose buckets and sets): a product only carries a
+ * bit upwards. */
+static __always_inline __u64 fw_fold(__u64 h)
+{
+	h = (h ^ (h >> 32)) * 0xff51afd7ed558ccdULL;
+	return h ^ (h >> 29);
+}
+
+/* The tag of hash h: its high half, never 0 (0 marks an empty way). */
+static __always_inline __u32 fw_tag(__u64 h) { return (__u32)(h >> 32) | 1; }
+
+static __always_inline __u64 fw_ct_hash(const __u64 *w)
+{
+	return fw_fold(w[0] * 0x9e3779b97f4a7c15ULL ^ w[1] * 0xc2b2ae3d27d4eb4fULL ^ w[2] * 0x165667b19e3779f9ULL ^
+		       w[3] * 0x27d4eb2f165667c5ULL ^ w[4] * 0x94d049bb133111ebULL ^ w[5] * 0xd6e8feb86659fd93ULL);
+}
+
+/* ---- entry tables ---- */
+
+/* fw_tags_miss is true when none of a bucket's four 32-bit tags (two
+ * words) is tag: the classic test for a zero lane (exact as to whether
+ * any lane is zero), so that a miss costs a few instructions per bucket. */
+static __always_inline int fw_tags_miss(const __u32 *tags, __u32 tag)
+{
+	const __u64 *t = (const void *)tags;
+	__u64 tt = (__u64)tag << 32 | tag;
+	__u64 v0 = t[0] ^ tt, v1 = t[1] ^ tt;
+	__u64 z = ((v0 - 0x0000000100000001ULL) & ~v0) | ((v1 - 0x0000000100000001ULL) & ~v1);
+	return (z & 0x8000000080000000ULL) == 0;
+}
+
+/* fw_tss4_bucket_pos returns the position of entry (w0, w1) with tag in
+ * bucket b, or FW_NO_RULE. */
+static __always_inline __u32 fw_tss4_bucket_pos(const struct fw_tss4_bucket *b, __u64 w0, __u64 w1, __u32 tag)
+{
+	if (fw_tags_miss(b->tag, tag))
+		return FW_NO_RULE;
+	int i;
+#pragma unroll
+	for (i = 0; i < FW_TSS_WAYS; i++) {
+		const __u64 *y = (const void *)&b->key[i];
+		if (b->tag[i] == tag && ((w0 ^ y[0]) | (w1 ^ y[1])) == 0)
+			return b->pos[i];
+	}
+	return FW_NO_RULE;
+}
+
+static __always_inline __u32 fw_tss6_bucket_pos(const struct fw_tss6_bucket *b, const __u64 *x, __u32 tag)
+{
+	if (fw_tags_miss(b->tag, tag))
+		return FW_NO_RULE;
+	int i;
+#pragma unroll
+	for (i = 0; i < FW_TSS_WAYS; i++) {
+		const __u64 *y = (const void *)&b->key[i];
+		if (b->tag[i] == tag &&
+		    ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0)
+			return b->pos[i];
+	}
+	return FW_NO_RULE;
+}
+
+/* fw_tss4_get returns the best rule position of the fw_key4 whose two
+ * words are w0, w1 in generation gen's table, or FW_NO_RULE: the entry is
+ * in the bucket named by the hash's low bits or in the one named by the
+ * next bits.
+ *
+ * Keys are passed as words built in registers: storing a key field by
+ * field and loading it as words would stall on every word (a load cannot
+ * be forwarded from several narrower stores).
+ *
+ * Lookups are inlined: on this CPU (AMD, "Safe RET" against speculative
+ * return stack overflow) every return costs several ns, so a BPF-to-BPF
+ * call or a helper the verifier does not inline is the most expensive
+ * thing a program can do (see fw_search for the one call there is). */
+static __always_inline __u32 fw_tss4_get(__u64 w0, __u64 w1, __u32 gen, __u64 seed)
+{
+	__u64 h = fw_fold((w0 ^ seed) * 0x9e3779b97f4a7c15ULL ^ w1 * 0xc2b2ae3d27d4eb4fULL);
+	__u32 tag = fw_tag(h);
+	__u32 i = gen * FW_TSS_BUCKETS + ((__u32)h & (FW_TSS_BUCKETS - 1));
+	struct fw_tss4_bucket *b = bpf_map_lookup_elem(&fw_tss4_v3, &i);
+	if (!b)
+		return FW_NO_RULE;
+	__u32 pos = fw_tss4_bucket_pos(b, w0, w1, tag);
+	if (pos != FW_NO_RULE)
+		return pos;
+	i = gen * FW_TSS_BUCKETS + (((__u32)h >> FW_TSS_SHIFT) & (FW_TSS_BUCKETS - 1));
+	b = bpf_map_lookup_elem(&fw_tss4_v3, &i);
+	if (!b)
+		return FW_NO_RULE;
+	return fw_tss4_bucket_pos(b, w0, w1, tag);
+}
+
+/* fw_tss6_get is fw_tss4_get for the five words of a fw_key6. */
+static __always_inline __u32 fw_tss6_get(const __u64 *x, __u32 gen, __u64 seed)
+{
+	__u64 h = fw_fold((x[0] ^ seed) * 0x9e3779b97f4a7c15ULL ^ x[1] * 0xc2b2ae3d27d4eb4fULL ^
+			  x[2] * 0x165667b19e3779f9ULL ^ x[3] * 0x27d4eb2f165667c5ULL ^ x[4] * 0x94d049bb133111ebULL);
+	__u32 tag = fw_tag(h);
+	__u32 i = gen * FW_TSS_BUCKETS + ((__u32)h & (FW_TSS_BUCKETS - 1));
+	struct fw_tss6_bucket *b = bpf_map_lookup_elem(&fw_tss6_v3, &i);
+	if (!b)
+		return FW_NO_RULE;
+	__u32 pos = fw_tss6_bucket_pos(b, x, tag);
+	if (pos != FW_NO_RULE)
+		return pos;
+	i = gen * FW_TSS_BUCKETS + (((__u32)h >> FW_TSS_SHIFT) & (FW_TSS_BUCKETS - 1));
+	b = bpf_map_lookup_elem(&fw_tss6_v3, &i);
+	if (!b)
+		return FW_NO_RULE;
+	return fw_tss6_bucket_pos(b, x, tag);
+}
+
+/* ---- the connection table ---- */
+
+static __always_inline __u32 fw_ct_check(__u32 tag, __u8 hook, __u8 first_b)
+{
+	return tag ^ (((__u32)hook << 1 | first_b) + 1) * 0x9e3779b1;
+}
+
+static __always_inline struct fw_ct_set *fw_ct_set(__u64 h)
+{
+	__u32 i = (__u32)h & (FW_CT_SETS - 1);
+	return bpf_map_lookup_elem(&fw_ct_v3, &i);
+}
+
+static __always_inline int fw_ct_key_eq(const __u64 *x, const struct fw_ct_ent *e)
+{
+	const __u64 *y = (const void *)&e->key;
+	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]) | (x[5] ^ y[5])) == 0;
+}
+
+/* A hit of fw_ct_find: FW_CT_HIT | first_b << 40 | hook << 32 | generation. */
+#define FW_CT_HIT (1ULL << 48)
+
+/* fw_ct_find looks connection x (a fw_ct_key's six words, hash h) up in
+ * its set s and returns 0 or the hit's fields packed (FW_CT_HIT); a hit
+ * refreshes the way's recency. A way whose check does not match its
+ * content is being written by another CPU: a miss. */
+static __always_inline __u64 fw_ct_find(struct fw_ct_set *s, const __u64 *x, __u64 h)
+{
+	__u32 tag = fw_tag(h);
+	int i;
+#pragma unroll
+	for (i = 0; i < FW_CT_WAYS; i++) {
+		if (s->tag[i] != tag)
+			continue;
+		struct fw_ct_ent *e = &s->way[i];
+		if (!fw_ct_key_eq(x, e))
+			continue;
+		__u8 hook = e->hook, first_b = e->first_b;
+		if (s->check[i] != fw_ct_check(tag, hook, first_b))
+			return 0;
+		__u32 now = s->clock;
+		if (s->used[i] != now)
+			s->used[i] = now;
+		return FW_CT_HIT | (__u64)(first_b & 1) << 40 | (__u64)(hook & 1) << 32 | e->generation;
+	}
+	return 0;
+}
+
+/* fw_ct_update sets the generation of connection x (hash h) in set s, or
+ * forgets the connection (a re-evaluation denied it). */
+static __always_inline void fw_ct_update(struct fw_ct_set *s, const __u64 *x, __u64 h, __u32 generation, int forget)
+{
+	__u32 tag = fw_tag(h);
+	int i;
+#pragma unroll
+	for (i = 0; i < FW_CT_WAYS; i++) {
+		if (s->tag[i] != tag || !fw_ct_key_eq(x, &s->way[i]))
+			continue;
+		if (forget)
+			s->tag[i] = 0;
+		else
+			s->way[i].generation = generation;
+		return;
+	}
+}
+
+/* fw_ct_insert records connection x (hash h) in set s: in its own way,
+ * else an empty one, else in place of the least recently used. */
+static __always_inline void fw_ct_insert(struct fw_ct_set *s, const __u64 *x, __u64 h, __u32 generation, __u8 hook,
+					 __u8 first_b)
+{
+	__u32 tag = fw_tag(h);
+	__u32 now = s->clock + 1;
+	__u32 victim = 0, best = 0;
+	int i;
+#pragma unroll
+	for (i = 0; i < FW_CT_WAYS; i++) {
+		__u32 score;
+		if (!s->tag[i])
+			score = 0xfffffffe;
+		else if (s->tag[i] == tag && fw_ct_key_eq(x, &s->way[i]))
+			score = 0xffffffff;
+		else
+			score = now - s->used[i];
+		if (score > best) {
+			best = score;
+			victim = i;
+		}
+	}
+	victim &= FW_CT_WAYS - 1;
+	s->clock = now;
+	struct fw_ct_ent *e = &s->way[victim];
+	s->tag[victim] = 0;
+	asm volatile("" ::: "memory");
+	__u64 *ek = (void *)&e->key;
+#pragma unroll
+	for (i = 0; i < 6; i++)
+		ek[i] = x[i];
+	e->created_ns = bpf_ktime_get_ns();
+	e->generation = generation;
+	e->hook = hook;
+	e->first_b = first_b;
+	e->pad = 0;
+	s->used[victim] = now;
+	s->check[victim] = fw_ct_check(tag, hook, first_b);
+	asm volatile("" ::: "memory");
+	s->tag[victim] = tag;
+}
+
 /* The header fields classification looks at. */
 struct fw_fields {
 	__u8 family;
@@ -369,11 +646,11 @@ enum fw_class {
  * position any tuple's entry gives, or FW_NO_RULE. The list is sorted by
  * each tuple's best position, so once that is not below the best found
  * no later tuple can improve on it. */
-static __always_inline __u32 fw_search4(struct fw_scope_val *sc, struct fw_fields *f)
+static __always_inline __u32 fw_search4(struct fw_scope_val *sc, struct fw_fields *f, __u32 gen, __u64 seed)
 {
-	struct fw_key4 k = {};
 	__u32 best = FW_NO_RULE;
 	__u32 n = sc->n4;
+	__u64 src = f->saddr[0], dst = f->daddr[0], port = f->dport, proto = f->proto;
 
 	for (__u32 i = 0; i < FW_MAX_TUPLES; i++) {
 		if (i >= n)
@@ -381,21 +658,19 @@ static __always_inline __u32 fw_search4(struct fw_scope_val *sc, struct fw_field
 		struct fw_tuple4 *t = &sc->t4[i];
 		if (t->best >= best)
 			break;
-		k.hdr = t->hdr;
-		k.src = f->saddr[0] & t->smask;
-		k.dst = f->daddr[0] & t->dmask;
-		k.port = f->dport & t->pmask;
-		k.proto = f->proto & t->protomask;
-		__u32 *pos = bpf_map_lookup_elem(&fw_tss4, &k);
-		if (pos && *pos < best)
-			best = *pos;
+		/* fw_key4's words: hdr | src << 32, dst | port << 32 | proto << 48. */
+		__u64 w0 = t->hdr | (src & t->smask) << 32;
+		__u64 w1 = (dst & t->dmask) | (port & t->pmask) << 32 | (proto & t->protomask) << 48;
+		__u32 pos = fw_tss4_get(w0, w1, gen, seed);
+		if (pos < best)
+			best = pos;
 	}
 	return best;
 }
 
-static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_fields *f)
+static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_fields *f, __u32 gen, __u64 seed)
 {
-	struct fw_key6 k = {};
+	__u64 k[5];
 	__u32 best = FW_NO_RULE;
 	__u32 n = sc->n6;
 
@@ -405,48 +680,81 @@ static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_field
 		struct fw_tuple6 *t = &sc->t6[i];
 		if (t->best >= best)
 			break;
-		k.hdr = t->hdr;
+		__u64 s[4], d[4];
 		for (int w = 0; w < 4; w++) {
-			k.src[w] = f->saddr[w] & t->smask[w];
-			k.dst[w] = f->daddr[w] & t->dmask[w];
+			s[w] = f->saddr[w] & t->smask[w];
+			d[w] = f->daddr[w] & t->dmask[w];
 		}
-		k.port = f->dport & t->pmask;
-		k.proto = f->proto & t->protomask;
-		__u32 *pos = bpf_map_lookup_elem(&fw_tss6, &k);
-		if (pos && *pos < best)
-			best = *pos;
+		/* fw_key6's words: hdr, src[4], dst[4], port, proto. */
+		k[0] = t->hdr | s[0] << 32;
+		k[1] = s[1] | s[2] << 32;
+		k[2] = s[3] | d[0] << 32;
+		k[3] = d[1] | d[2] << 32;
+		k[4] = d[3] | (__u64)(f->dport & t->pmask) << 32 | (__u64)(f->proto & t->protomask) << 48;
+		__u32 pos = fw_tss6_get(k, gen, seed);
+		if (pos < best)
+			best = pos;
 	}
 	return best;
 }
 
+/* fw_search returns the best rule position for f in scope si, or
+ * FW_NO_RULE. It is the one function call on the path of a packet that
+ * is classified (established packets make none): a global function is
+ * verified once, on its own, whereas inlined, the tuple walk would be
+ * verified again for every distinct state the parser and the connection
+ * lookup leave, more than the verifier allows. */
+__attribute__((noinline)) __u32 fw_search(struct fw_fields *f, __u32 si, __u32 gen, __u64 seed)
+{
+	if (!f) /* a global function's pointer may be NULL to the verifier */
+		return FW_NO_RULE;
+	struct fw_scope_val *sc = bpf_map_lookup_elem(&fw_scopes_v3, &si);
+	if (!sc)
+		return FW_NO_RULE;
+	return f->family == 4 ? fw_search4(sc, f, gen, seed) : fw_search6(sc, f, gen, seed);
+}
+
+/* fw_ifslot_hi returns the slot + 1 of a large ifindex (0: not
+ * attached). A function of its own: were the two lookups of fw_classify
+ * in one function, the compiler would merge them into one call with a
+ * map chosen at run time, which the verifier cannot inline, and every
+ * packet would pay a real helper call. */
+__attribute__((noinline)) __u32 fw_ifslot_hi(__u32 gen, __u32 ifindex)
+{
+	struct fw_ifslot_key ik = {.gen = gen, .ifindex = ifindex};
+	__u32 *s = bpf_map_lookup_elem(&fw_ifslot_hi_v3, &ik);
+	return s ? *s : 0;
+}
+
 /* fw_classify finds the rule (or default) deciding f at (ifindex, hook)
  * in generation gen. */
-static __always_inline int fw_classify(__u32 gen, __u32 ifindex, __u32 hook, struct fw_fields *f,
+static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u32 hook, struct fw_fields *f,
 				       struct fw_rule *out)
 {
-	__u32 *slot;
+	__u32 slot = 0;
 	if (ifindex < FW_IFINDEX_DIRECT) {
 		__u32 i = gen * FW_IFINDEX_DIRECT + ifindex;
-		slot = bpf_map_lookup_elem(&fw_ifslot, &i);
+		__u32 *s = bpf_map_lookup_elem(&fw_ifslot_v3, &i);
+		if (s)
+			slot = *s;
 	} else {
-		struct fw_ifslot_key ik = {.gen = gen, .ifindex = ifindex};
-		slot = bpf_map_lookup_elem(&fw_ifslot_hi, &ik);
+		slot = fw_ifslot_hi(gen, ifindex);
 	}
-	if (!slot || *slot == 0 || *slot > FW_MAX_IFACES)
+	if (slot == 0 || slot > FW_MAX_IFACES)
 		return FW_CLASS_UNATTACHED;
-	__u32 si = ((gen * FW_MAX_IFACES + *slot - 1) << 1) | (hook & 1);
-	struct fw_scope_val *sc = bpf_map_lookup_elem(&fw_scopes_v2, &si);
+	__u32 si = ((gen * FW_MAX_IFACES + slot - 1) << 1) | (hook & 1);
+	struct fw_scope_val *sc = bpf_map_lookup_elem(&fw_scopes_v3, &si);
 	if (!sc)
 		return FW_CLASS_UNATTACHED;
 	out->action = sc->deflt;
 	out->slot = FW_SLOT_DEFAULT;
 	out->log = 0;
 
-	__u32 best = f->family == 4 ? fw_search4(sc, f) : fw_search6(sc, f);
+	__u32 best = fw_search(f, si, gen, seed);
 	if (best >= FW_MAX_RULES)
 		return FW_CLASS_DEFAULT;
 	__u32 ri = gen * FW_MAX_RULES + best;
-	struct fw_rule *r = bpf_map_lookup_elem(&fw_rules_v2, &ri);
+	struct fw_rule *r = bpf_map_lookup_elem(&fw_rules_v3, &ri);
 	if (!r)
 		return FW_CLASS_DEFAULT;
 	*out = *r;
@@ -523,27 +831,40 @@ static __always_inline void fw_frag_allow(__u32 ifindex, struct qbo_pkt *pkt)
 	bpf_map_update_elem(&fw_frags, &fk, &fv, BPF_ANY);
 }
 
-/* fw_ct_fill sets k to the flow of a packet from (s, sp) to (d, dp) and
- * returns whether the packet goes from endpoint b to endpoint a. */
-static __always_inline __u8 fw_ct_fill(struct fw_ct_key *k, const __be32 *s, __be16 sp, const __be32 *d,
-				       __be16 dp)
+/* fw_ct_fill sets k (the six words of a fw_ct_key) to the flow of a
+ * packet from (s, sp) to (d, dp) on ifindex and returns whether the packet
+ * goes from endpoint b to endpoint a. The words are built in registers and
+ * stored whole (see fw_tss4_get). */
+static __always_inline __u8 fw_ct_fill(__u64 *k, __u32 ifindex, __u8 family, __u8 proto, const __be32 *s,
+				       __be16 sp, const __be32 *d, __be16 dp)
 {
+	__u32 s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+	__u32 d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
 	__u8 from_b = sp > dp;
-	for (int i = 3; i >= 0; i--) {
-		if (s[i] != d[i])
-			from_b = s[i] > d[i];
-	}
+	if (s3 != d3)
+		from_b = s3 > d3;
+	if (s2 != d2)
+		from_b = s2 > d2;
+	if (s1 != d1)
+		from_b = s1 > d1;
+	if (s0 != d0)
+		from_b = s0 > d0;
+	__u64 ws0 = s0 | (__u64)s1 << 32, ws1 = s2 | (__u64)s3 << 32;
+	__u64 wd0 = d0 | (__u64)d1 << 32, wd1 = d2 | (__u64)d3 << 32;
 	if (from_b) {
-		__builtin_memcpy(k->addr_a, d, 16);
-		__builtin_memcpy(k->addr_b, s, 16);
-		k->port_a = dp;
-		k->port_b = sp;
+		k[0] = wd0;
+		k[1] = wd1;
+		k[2] = ws0;
+		k[3] = ws1;
+		k[4] = ifindex | (__u64)dp << 32 | (__u64)sp << 48;
 	} else {
-		__builtin_memcpy(k->addr_a, s, 16);
-		__builtin_memcpy(k->addr_b, d, 16);
-		k->port_a = sp;
-		k->port_b = dp;
+		k[0] = ws0;
+		k[1] = ws1;
+		k[2] = wd0;
+		k[3] = wd1;
+		k[4] = ifindex | (__u64)sp << 32 | (__u64)dp << 48;
 	}
+	k[5] = family | (__u64)proto << 8;
 	return from_b;
 }
 
@@ -569,13 +890,14 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	}
 
 	__u32 zero = 0;
-	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg_v2, &zero);
+	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg_v3, &zero);
 	if (!cfg)
 		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	/* Read once: everything below uses this generation's tables. */
 	__u32 generation = cfg->generation;
 	__u32 gen = generation & 1;
 	__u32 reeval = cfg->reevaluate;
+	__u64 seed = cfg->seed;
 
 	if (pkt.flags & QBO_PKT_FRAG_LATER) {
 		struct fw_frag_key fk;
@@ -589,21 +911,26 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 		return fw_count(FW_ST_FRAG_DENY, FW_TCX_DROP);
 	}
 
-	struct fw_ct_key ck = {.ifindex = ifindex, .family = pkt.family};
+	__u64 ck[6];
 
 	if (pkt.flags & QBO_PKT_ICMP_ERR) {
 		/* The quoted packet is a flow's packet (either direction). */
-		ck.proto = pkt.inner.proto;
-		fw_ct_fill(&ck, pkt.inner.saddr, pkt.inner.sport, pkt.inner.daddr, pkt.inner.dport);
-		if (bpf_map_lookup_elem(&fw_ct_v2, &ck))
+		fw_ct_fill(ck, ifindex, pkt.family, pkt.inner.proto, pkt.inner.saddr, pkt.inner.sport,
+			   pkt.inner.daddr, pkt.inner.dport);
+		__u64 ih = fw_ct_hash(ck);
+		struct fw_ct_set *is = fw_ct_set(ih);
+		if (is && fw_ct_find(is, ck, ih))
 			return fw_count(FW_ST_ICMP_RELATED, FW_TCX_NEXT);
 	}
 
-	ck.proto = pkt.proto;
-	__u8 from_b = fw_ct_fill(&ck, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport);
-	struct fw_ct_val *cv = bpf_map_lookup_elem(&fw_ct_v2, &ck);
-	int reply = cv && cv->first_b != from_b;
-	if (cv && (!reeval || cv->generation == generation)) {
+	__u8 from_b = fw_ct_fill(ck, ifindex, pkt.family, pkt.proto, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport);
+	__u64 ch = fw_ct_hash(ck);
+	struct fw_ct_set *cs = fw_ct_set(ch);
+	if (!cs)
+		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
+	__u64 hit = fw_ct_find(cs, ck, ch);
+	int reply = hit && ((hit >> 40) & 1) != from_b;
+	if (hit && (!reeval || (__u32)hit == generation)) {
 		fw_frag_allow(ifindex, &pkt);
 		return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
 	}
@@ -623,18 +950,18 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 		__builtin_memcpy(f.daddr, pkt.daddr, 16);
 		f.dport = (pkt.flags & QBO_PKT_PORTS) ? pkt.dport : 0;
 	}
-	if (cv)
-		class_hook = cv->hook;
+	if (hit)
+		class_hook = (hit >> 32) & 1;
 	struct fw_rule r;
-	int class = fw_classify(gen, ifindex, class_hook, &f, &r);
+	int class = fw_classify(gen, seed, ifindex, class_hook, &f, &r);
 
-	if (cv) {
+	if (hit) {
 		if (class == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
-			cv->generation = generation;
+			fw_ct_update(cs, ck, ch, generation, 0);
 			fw_frag_allow(ifindex, &pkt);
 			return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
 		}
-		bpf_map_delete_elem(&fw_ct_v2, &ck);
+		fw_ct_update(cs, ck, ch, 0, 1);
 		fw_count_rule(r.slot, len);
 		return fw_count(FW_ST_REEVAL_DENY, FW_TCX_DROP);
 	}
@@ -650,9 +977,7 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 		bpf_map_update_elem(&fw_frags, &fk, &fv, BPF_ANY);
 	}
 	if (r.action == FW_ACT_ALLOW) {
-		struct fw_ct_val nv = {.created_ns = bpf_ktime_get_ns(), .generation = generation,
-				       .hook = hook, .first_b = from_b};
-		bpf_map_update_elem(&fw_ct_v2, &ck, &nv, BPF_ANY);
+		fw_ct_insert(cs, ck, ch, generation, hook, from_b);
 		return fw_count(class == FW_CLASS_RULE ? FW_ST_RULE_ALLOW : FW_ST_DEFAULT_ALLOW,
 				FW_TCX_NEXT);
 	}

@@ -25,7 +25,10 @@ type (
 	Counter    = fwFwCounter
 	Config     = fwFwConfig
 	CTKey      = fwFwCtKey
-	CTVal      = fwFwCtVal
+	CTEnt      = fwFwCtEnt
+	CTSet      = fwFwCtSet
+	TSS4Bucket = fwFwTss4Bucket
+	TSS6Bucket = fwFwTss6Bucket
 	DenyEvent  = fwFwDenyEvent
 	EventHdr   = fwQboEventHdr
 	PFKey4     = fwQboPfKey4
@@ -43,10 +46,21 @@ type (
 
 // Constants shared with fw.c (enums the BTF does not carry).
 const (
-	MaxRules   = 65536  // FW_MAX_RULES: rule positions and counter slots
-	MaxTuples  = 64     // FW_MAX_TUPLES: searched per interface, hook and family
-	MaxEntries = 262144 // FW_MAX_ENTRIES: fw_tss4/fw_tss6 entries per generation
-	MaxIfaces  = 256
+	MaxRules  = 65536 // FW_MAX_RULES: rule positions and counter slots
+	MaxTuples = 64    // FW_MAX_TUPLES: searched per interface, hook and family
+	// MaxEntries: entries per family and generation; 7/8 of the slots of
+	// an entry table's half, a load at which a cuckoo table always builds.
+	MaxEntries = TSSBuckets * TSSWays / 8 * 7
+	// TSSBuckets, TSSWays: buckets per generation in fw_tss4_v3 and
+	// fw_tss6_v3 (FW_TSS_BUCKETS) and ways per bucket; TSSShift is
+	// FW_TSS_SHIFT (the hash bits naming a bucket).
+	TSSBuckets = 1 << TSSShift
+	TSSShift   = 16
+	TSSWays    = 4
+	// CTSets, CTWays: fw_ct_v3's sets and ways (262,144 connections).
+	CTSets    = 65536
+	CTWays    = 4
+	MaxIfaces = 256
 	// IfindexDirect: ifindexes below it find their slot in fw_ifslot (an
 	// array), larger ones in fw_ifslot_hi (FW_IFINDEX_DIRECT).
 	IfindexDirect = 65536
@@ -121,7 +135,8 @@ const (
 // updated, keep their own references, so unpinning only frees the maps
 // once nothing runs the old code.
 var obsoletePins = []string{"fw_src4", "fw_dst4", "fw_src6", "fw_dst6", "fw_proto", "fw_port_idx",
-	"fw_ports", "fw_scopes", "fw_rules", "fw_counters", "fw_cfg", "fw_ct"}
+	"fw_ports", "fw_scopes", "fw_rules", "fw_counters", "fw_cfg", "fw_ct",
+	"fw_tss4", "fw_tss6", "fw_ifslot", "fw_ifslot_hi", "fw_scopes_v2", "fw_rules_v2", "fw_cfg_v2", "fw_ct_v2"}
 
 // Options configure Load.
 type Options struct {

@@ -18,7 +18,7 @@ type fwFwConfig struct {
 	ActiveGen  uint32
 	Reevaluate uint32
 	Generation uint32
-	Pad        uint32
+	Seed       uint32
 }
 
 type fwFwCounter struct {
@@ -27,25 +27,37 @@ type fwFwCounter struct {
 	Bytes   uint64
 }
 
-type fwFwCtKey struct {
-	_       structs.HostLayout
-	Ifindex uint32
-	Family  uint8
-	Proto   uint8
-	PortA   uint16
-	PortB   uint16
-	Pad     uint16
-	AddrA   [4]uint32
-	AddrB   [4]uint32
-}
-
-type fwFwCtVal struct {
+type fwFwCtEnt struct {
 	_          structs.HostLayout
+	Key        fwFwCtKey
 	CreatedNs  uint64
 	Generation uint32
 	Hook       uint8
 	FirstB     uint8
 	Pad        uint16
+}
+
+type fwFwCtKey struct {
+	_       structs.HostLayout
+	AddrA   [4]uint32
+	AddrB   [4]uint32
+	Ifindex uint32
+	PortA   uint16
+	PortB   uint16
+	Family  uint8
+	Proto   uint8
+	Pad     uint16
+	Pad2    uint32
+}
+
+type fwFwCtSet struct {
+	_     structs.HostLayout
+	Tag   [4]uint32
+	Check [4]uint32
+	Used  [4]uint32
+	Clock uint32
+	Pad   [3]uint32
+	Way   [4]fwFwCtEnt
 }
 
 type fwFwDenyEvent struct {
@@ -132,6 +144,20 @@ type fwFwScopeVal struct {
 	T6    [64]fwFwTuple6
 }
 
+type fwFwTss4Bucket struct {
+	_   structs.HostLayout
+	Tag [4]uint32
+	Pos [4]uint32
+	Key [4]fwFwKey4
+}
+
+type fwFwTss6Bucket struct {
+	_   structs.HostLayout
+	Tag [4]uint32
+	Pos [4]uint32
+	Key [4]fwFwKey6
+}
+
 type fwFwTuple4 struct {
 	_         structs.HostLayout
 	Hdr       uint32
@@ -202,19 +228,19 @@ type fwQboPfVal struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	fwMapEvents          = "events"
-	fwMapFwCfgV2         = "fw_cfg_v2"
+	fwMapFwCfgV3         = "fw_cfg_v3"
 	fwMapFwCountersV2    = "fw_counters_v2"
-	fwMapFwCtV2          = "fw_ct_v2"
+	fwMapFwCtV3          = "fw_ct_v3"
 	fwMapFwFrags         = "fw_frags"
-	fwMapFwIfslot        = "fw_ifslot"
-	fwMapFwIfslotHi      = "fw_ifslot_hi"
+	fwMapFwIfslotHiV3    = "fw_ifslot_hi_v3"
+	fwMapFwIfslotV3      = "fw_ifslot_v3"
 	fwMapFwKindStats     = "fw_kind_stats"
 	fwMapFwRatelimit     = "fw_ratelimit"
-	fwMapFwRulesV2       = "fw_rules_v2"
-	fwMapFwScopesV2      = "fw_scopes_v2"
+	fwMapFwRulesV3       = "fw_rules_v3"
+	fwMapFwScopesV3      = "fw_scopes_v3"
 	fwMapFwStats         = "fw_stats"
-	fwMapFwTss4          = "fw_tss4"
-	fwMapFwTss6          = "fw_tss6"
+	fwMapFwTss4V3        = "fw_tss4_v3"
+	fwMapFwTss6V3        = "fw_tss6_v3"
 	fwMapQboPfCfg        = "qbo_pf_cfg"
 	fwMapQboPfStats      = "qbo_pf_stats"
 	fwMapQboPfV4         = "qbo_pf_v4"
@@ -281,19 +307,19 @@ type fwProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fwMapSpecs struct {
 	Events       *ebpf.MapSpec `ebpf:"events"`
-	FwCfgV2      *ebpf.MapSpec `ebpf:"fw_cfg_v2"`
+	FwCfgV3      *ebpf.MapSpec `ebpf:"fw_cfg_v3"`
 	FwCountersV2 *ebpf.MapSpec `ebpf:"fw_counters_v2"`
-	FwCtV2       *ebpf.MapSpec `ebpf:"fw_ct_v2"`
+	FwCtV3       *ebpf.MapSpec `ebpf:"fw_ct_v3"`
 	FwFrags      *ebpf.MapSpec `ebpf:"fw_frags"`
-	FwIfslot     *ebpf.MapSpec `ebpf:"fw_ifslot"`
-	FwIfslotHi   *ebpf.MapSpec `ebpf:"fw_ifslot_hi"`
+	FwIfslotHiV3 *ebpf.MapSpec `ebpf:"fw_ifslot_hi_v3"`
+	FwIfslotV3   *ebpf.MapSpec `ebpf:"fw_ifslot_v3"`
 	FwKindStats  *ebpf.MapSpec `ebpf:"fw_kind_stats"`
 	FwRatelimit  *ebpf.MapSpec `ebpf:"fw_ratelimit"`
-	FwRulesV2    *ebpf.MapSpec `ebpf:"fw_rules_v2"`
-	FwScopesV2   *ebpf.MapSpec `ebpf:"fw_scopes_v2"`
+	FwRulesV3    *ebpf.MapSpec `ebpf:"fw_rules_v3"`
+	FwScopesV3   *ebpf.MapSpec `ebpf:"fw_scopes_v3"`
 	FwStats      *ebpf.MapSpec `ebpf:"fw_stats"`
-	FwTss4       *ebpf.MapSpec `ebpf:"fw_tss4"`
-	FwTss6       *ebpf.MapSpec `ebpf:"fw_tss6"`
+	FwTss4V3     *ebpf.MapSpec `ebpf:"fw_tss4_v3"`
+	FwTss6V3     *ebpf.MapSpec `ebpf:"fw_tss6_v3"`
 	QboPfCfg     *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
 	QboPfStats   *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
 	QboPfV4      *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
@@ -330,19 +356,19 @@ func (o *fwObjects) Close() error {
 // It can be passed to loadFwObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fwMaps struct {
 	Events       *ebpf.Map `ebpf:"events"`
-	FwCfgV2      *ebpf.Map `ebpf:"fw_cfg_v2"`
+	FwCfgV3      *ebpf.Map `ebpf:"fw_cfg_v3"`
 	FwCountersV2 *ebpf.Map `ebpf:"fw_counters_v2"`
-	FwCtV2       *ebpf.Map `ebpf:"fw_ct_v2"`
+	FwCtV3       *ebpf.Map `ebpf:"fw_ct_v3"`
 	FwFrags      *ebpf.Map `ebpf:"fw_frags"`
-	FwIfslot     *ebpf.Map `ebpf:"fw_ifslot"`
-	FwIfslotHi   *ebpf.Map `ebpf:"fw_ifslot_hi"`
+	FwIfslotHiV3 *ebpf.Map `ebpf:"fw_ifslot_hi_v3"`
+	FwIfslotV3   *ebpf.Map `ebpf:"fw_ifslot_v3"`
 	FwKindStats  *ebpf.Map `ebpf:"fw_kind_stats"`
 	FwRatelimit  *ebpf.Map `ebpf:"fw_ratelimit"`
-	FwRulesV2    *ebpf.Map `ebpf:"fw_rules_v2"`
-	FwScopesV2   *ebpf.Map `ebpf:"fw_scopes_v2"`
+	FwRulesV3    *ebpf.Map `ebpf:"fw_rules_v3"`
+	FwScopesV3   *ebpf.Map `ebpf:"fw_scopes_v3"`
 	FwStats      *ebpf.Map `ebpf:"fw_stats"`
-	FwTss4       *ebpf.Map `ebpf:"fw_tss4"`
-	FwTss6       *ebpf.Map `ebpf:"fw_tss6"`
+	FwTss4V3     *ebpf.Map `ebpf:"fw_tss4_v3"`
+	FwTss6V3     *ebpf.Map `ebpf:"fw_tss6_v3"`
 	QboPfCfg     *ebpf.Map `ebpf:"qbo_pf_cfg"`
 	QboPfStats   *ebpf.Map `ebpf:"qbo_pf_stats"`
 	QboPfV4      *ebpf.Map `ebpf:"qbo_pf_v4"`
@@ -355,19 +381,19 @@ type fwMaps struct {
 func (m *fwMaps) Close() error {
 	return _FwClose(
 		m.Events,
-		m.FwCfgV2,
+		m.FwCfgV3,
 		m.FwCountersV2,
-		m.FwCtV2,
+		m.FwCtV3,
 		m.FwFrags,
-		m.FwIfslot,
-		m.FwIfslotHi,
+		m.FwIfslotHiV3,
+		m.FwIfslotV3,
 		m.FwKindStats,
 		m.FwRatelimit,
-		m.FwRulesV2,
-		m.FwScopesV2,
+		m.FwRulesV3,
+		m.FwScopesV3,
 		m.FwStats,
-		m.FwTss4,
-		m.FwTss6,
+		m.FwTss4V3,
+		m.FwTss6V3,
 		m.QboPfCfg,
 		m.QboPfStats,
 		m.QboPfV4,

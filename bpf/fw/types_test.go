@@ -19,8 +19,10 @@ func TestTypeSizesMatchBTF(t *testing.T) {
 		"fw_key4": unsafe.Sizeof(Key4{}), "fw_key6": unsafe.Sizeof(Key6{}),
 		"fw_rule": unsafe.Sizeof(Rule{}), "fw_counter": unsafe.Sizeof(Counter{}),
 		"fw_config": unsafe.Sizeof(Config{}), "fw_ct_key": unsafe.Sizeof(CTKey{}),
-		"fw_ct_val": unsafe.Sizeof(CTVal{}), "fw_deny_event": unsafe.Sizeof(DenyEvent{}),
-		"qbo_pf_key4": unsafe.Sizeof(PFKey4{}), "qbo_pf_key6": unsafe.Sizeof(PFKey6{}),
+		"fw_ct_ent": unsafe.Sizeof(CTEnt{}), "fw_ct_set": unsafe.Sizeof(CTSet{}),
+		"fw_tss4_bucket": unsafe.Sizeof(TSS4Bucket{}), "fw_tss6_bucket": unsafe.Sizeof(TSS6Bucket{}),
+		"fw_deny_event": unsafe.Sizeof(DenyEvent{}),
+		"qbo_pf_key4":   unsafe.Sizeof(PFKey4{}), "qbo_pf_key6": unsafe.Sizeof(PFKey6{}),
 		"qbo_pf_hosts": unsafe.Sizeof(PFHosts{}), "qbo_pf_config": unsafe.Sizeof(PFConfig{}),
 	} {
 		var st *btf.Struct
@@ -32,12 +34,15 @@ func TestTypeSizesMatchBTF(t *testing.T) {
 		}
 	}
 	// The capacities fw.c declares are the constants fw/datapath reads.
-	for name, want := range map[string]uint32{"fw_tss4": 2 * MaxEntries, "fw_tss6": 2 * MaxEntries,
-		"fw_rules_v2": 2 * MaxRules, "fw_counters_v2": MaxRules, "fw_scopes_v2": 2 * 2 * MaxIfaces,
-		"fw_ifslot": 2 * IfindexDirect, "fw_ifslot_hi": 2 * MaxIfaces} {
+	for name, want := range map[string]uint32{"fw_tss4_v3": 2 * TSSBuckets, "fw_tss6_v3": 2 * TSSBuckets,
+		"fw_rules_v3": 2 * MaxRules, "fw_counters_v2": MaxRules, "fw_scopes_v3": 2 * 2 * MaxIfaces,
+		"fw_ifslot_v3": 2 * IfindexDirect, "fw_ifslot_hi_v3": 2 * MaxIfaces, "fw_ct_v3": CTSets} {
 		if got := spec.Maps[name].MaxEntries; got != want {
 			t.Errorf("%s: %d entries in fw.c, %d in Go", name, got, want)
 		}
+	}
+	if n := len(TSS4Bucket{}.Tag); n != TSSWays || len(CTSet{}.Tag) != CTWays {
+		t.Errorf("%d ways per entry bucket, Go says %d", n, TSSWays)
 	}
 	if n := len(ScopeVal{}.T4); n != MaxTuples || len(ScopeVal{}.T6) != MaxTuples {
 		t.Errorf("fw_scope_val holds %d tuples per family, Go says %d", n, MaxTuples)

@@ -110,6 +110,7 @@ struct bpf_sock {
 #define BPF_F_NO_PREALLOC (1U << 0)
 #define BPF_F_NO_COMMON_LRU (1U << 1)
 #define BPF_F_RDONLY_PROG (1U << 7)
+#define BPF_F_MMAPABLE (1U << 10)
 
 /* bpf_fib_lookup / redirect flags */
 #define BPF_F_INGRESS (1ULL << 0)

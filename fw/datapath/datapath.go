@@ -33,6 +33,8 @@ type Datapath struct {
 	slots map[string]uint32 // rule name -> counter slot
 	names map[uint32]string // the inverse, for decoding events
 	ifidx map[int]string    // ifindex -> name, as of the last Apply
+	// half4, half6: the last built entry-table halves (buffers reused).
+	half4, half6 []byte
 }
 
 // New wraps the maps of a loaded firewall object.
@@ -42,7 +44,7 @@ func New(m *bpffw.Maps) *Datapath {
 
 func (d *Datapath) config() (bpffw.Config, error) {
 	var c bpffw.Config
-	if err := d.m.FwCfgV2.Lookup(uint32(0), &c); err != nil {
+	if err := d.m.FwCfgV3.Lookup(uint32(0), &c); err != nil {
 		return c, fmt.Errorf("reading firewall config: %w", err)
 	}
 	return c, nil
@@ -104,20 +106,6 @@ func encodeScope(gen uint32, sc *fw.CompiledScope) *bpffw.ScopeVal {
 		v.T6[i] = e
 	}
 	return v
-}
-
-func key4(gen uint32, k fw.EntryKey) bpffw.Key4 {
-	s, d := k.Src.As4(), k.Dst.As4()
-	return bpffw.Key4{Hdr: keyHdr(gen, k.Scope, k.Tuple), Src: ne32(s[:]), Dst: ne32(d[:]), Port: ne16(k.Port), Proto: k.Proto}
-}
-
-func key6(gen uint32, k fw.EntryKey) bpffw.Key6 {
-	s, d := k.Src.As16(), k.Dst.As16()
-	out := bpffw.Key6{Hdr: keyHdr(gen, k.Scope, k.Tuple), Port: ne16(k.Port), Proto: k.Proto}
-	for w := range 4 {
-		out.Src[w], out.Dst[w] = ne32(s[4*w:]), ne32(d[4*w:])
-	}
-	return out
 }
 
 // fits checks c against the maps' capacities (Compile with Limits
@@ -200,7 +188,7 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 		ix := uint32(idx[n])
 		if ix < bpffw.IfindexDirect {
 			direct[ix] = uint32(i + 1)
-		} else if err := d.m.FwIfslotHi.Update(&bpffw.IfslotKey{Gen: gen, Ifindex: ix}, uint32(i+1), ebpf.UpdateAny); err != nil {
+		} else if err := d.m.FwIfslotHiV3.Update(&bpffw.IfslotKey{Gen: gen, Ifindex: ix}, uint32(i+1), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("writing interface %s: %w", n, err)
 		}
 	}
@@ -208,7 +196,7 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 	for i := range dkeys {
 		dkeys[i] = gen*bpffw.IfindexDirect + uint32(i)
 	}
-	if err := batchUpdate(d.m.FwIfslot, dkeys, direct); err != nil {
+	if err := batchUpdate(d.m.FwIfslotV3, dkeys, direct); err != nil {
 		return err
 	}
 	slot := map[string]uint32{}
@@ -221,22 +209,15 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 			continue // node-wide tuples are in every interface's search lists
 		}
 		k := (gen*bpffw.MaxIfaces+slot[sc.Scope.Iface])*2 + hookNum(sc.Scope.Hook)
-		if err := d.m.FwScopesV2.Update(k, encodeScope(gen, sc), ebpf.UpdateAny); err != nil {
+		if err := d.m.FwScopesV3.Update(k, encodeScope(gen, sc), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("writing scope %s/%s: %w", sc.Scope.Iface, sc.Scope.Hook, err)
 		}
 	}
-	keys4, vals4 := make([]bpffw.Key4, 0, len(c.Entries[fw.IPv4])), make([]uint32, 0, len(c.Entries[fw.IPv4]))
-	for k, pos := range c.Entries[fw.IPv4] {
-		keys4, vals4 = append(keys4, key4(gen, k)), append(vals4, uint32(pos))
-	}
-	if err := batchUpdate(d.m.FwTss4, keys4, vals4); err != nil {
+	seed, err := d.buildHalves(c, gen, next*0x9e3779b1)
+	if err != nil {
 		return err
 	}
-	keys6, vals6 := make([]bpffw.Key6, 0, len(c.Entries[fw.IPv6])), make([]uint32, 0, len(c.Entries[fw.IPv6]))
-	for k, pos := range c.Entries[fw.IPv6] {
-		keys6, vals6 = append(keys6, key6(gen, k)), append(vals6, uint32(pos))
-	}
-	if err := batchUpdate(d.m.FwTss6, keys6, vals6); err != nil {
+	if err := d.writeHalves(gen); err != nil {
 		return err
 	}
 	rkeys, rvals := make([]uint32, len(c.Rules)), make([]bpffw.Rule, len(c.Rules))
@@ -247,16 +228,16 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 			rvals[i].Log = 1
 		}
 	}
-	if err := batchUpdate(d.m.FwRulesV2, rkeys, rvals); err != nil {
+	if err := batchUpdate(d.m.FwRulesV3, rkeys, rvals); err != nil {
 		return err
 	}
 
 	// The switch.
-	nc := bpffw.Config{ActiveGen: gen, Generation: next}
+	nc := bpffw.Config{ActiveGen: gen, Generation: next, Seed: seed}
 	if reevaluate {
 		nc.Reevaluate = 1
 	}
-	if err := d.m.FwCfgV2.Update(uint32(0), &nc, ebpf.UpdateAny); err != nil {
+	if err := d.m.FwCfgV3.Update(uint32(0), &nc, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("switching generation: %w", err)
 	}
 
@@ -292,15 +273,12 @@ func batchUpdate[K, V any](m *ebpf.Map, keys []K, vals []V) error {
 	return nil
 }
 
-// clear deletes generation gen's entries from the hash tables. The arrays
-// need no clearing: Apply rewrites fw_ifslot's half in full, and the
-// scopes and rules it writes are the only ones the new half refers to.
+// clear deletes generation gen's interfaces from fw_ifslot_hi_v3. The
+// arrays need no clearing: Apply rewrites fw_ifslot_v3's half and the
+// entry tables' halves in full, and the scopes and rules it writes are the
+// only ones the new half refers to.
 func (d *Datapath) clear(gen uint32) error {
-	return errors.Join(
-		clearGen[bpffw.IfslotKey, uint32](d.m.FwIfslotHi, func(k *bpffw.IfslotKey) bool { return k.Gen == gen }),
-		clearGen[bpffw.Key4, uint32](d.m.FwTss4, func(k *bpffw.Key4) bool { return k.Hdr>>31 == gen }),
-		clearGen[bpffw.Key6, uint32](d.m.FwTss6, func(k *bpffw.Key6) bool { return k.Hdr>>31 == gen }),
-	)
+	return clearGen[bpffw.IfslotKey, uint32](d.m.FwIfslotHiV3, func(k *bpffw.IfslotKey) bool { return k.Gen == gen })
 }
 
 // clearGen deletes the keys of m that stale selects, reading the map in
@@ -340,7 +318,7 @@ func (d *Datapath) adoptSlots(c *fw.Compiled, gen uint32) {
 	got := map[string]uint32{}
 	for i, r := range c.Rules {
 		var v bpffw.Rule
-		if err := d.m.FwRulesV2.Lookup(gen*bpffw.MaxRules+uint32(i), &v); err != nil || v.Slot >= bpffw.MaxRules || seen[v.Slot] {
+		if err := d.m.FwRulesV3.Lookup(gen*bpffw.MaxRules+uint32(i), &v); err != nil || v.Slot >= bpffw.MaxRules || seen[v.Slot] {
 			return
 		}
 		seen[v.Slot] = true
@@ -448,21 +426,16 @@ func (d *Datapath) Stats() (map[string]uint64, error) {
 }
 
 // FlushConnections forgets every tracked connection: each flow's next
-// packet is classified again by the active rule set.
+// packet is classified again by the active rule set. It clears
+// fw_ct_v3 through its memory mapping; a connection a packet records
+// while the table is being cleared may survive.
 func (d *Datapath) FlushConnections() error {
-	var k bpffw.CTKey
-	var keys []bpffw.CTKey
-	it := d.m.FwCtV2.Iterate()
-	for it.Next(&k, new(bpffw.CTVal)) {
-		keys = append(keys, k)
+	mem, err := d.m.FwCtV3.Memory()
+	if err != nil {
+		return fmt.Errorf("mapping connections: %w", err)
 	}
-	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterating connections: %w", err)
-	}
-	for i := range keys {
-		if err := d.m.FwCtV2.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("deleting connection: %w", err)
-		}
+	if _, err := mem.WriteAt(make([]byte, mem.Size()), 0); err != nil {
+		return fmt.Errorf("clearing connections: %w", err)
 	}
 	return nil
 }
