@@ -178,6 +178,10 @@ func Load(opts Options) (*Firewall, error) {
 	if err := spec.LoadAndAssign(&f.objs, co); err != nil {
 		return nil, fmt.Errorf("loading firewall object: %w", err)
 	}
+	if _, err := adoptOldConnections(pinDir, f.objs.FwCtV3); err != nil {
+		f.Close()
+		return nil, err
+	}
 	for _, n := range obsoletePins {
 		if err := os.Remove(filepath.Join(pinDir, n)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			f.Close()

@@ -51,3 +51,24 @@ func TestTypeSizesMatchBTF(t *testing.T) {
 		t.Errorf("%d stat names for %d stats", n, StatMax)
 	}
 }
+
+// migrate.go's byte offsets are the C layout's.
+func TestConnectionLayoutOffsets(t *testing.T) {
+	var s CTSet
+	var e CTEnt
+	for name, got := range map[string][2]uintptr{
+		"set size":   {unsafe.Sizeof(s), ctSetSize},
+		"check":      {unsafe.Offsetof(s.Check), ctCheckOff},
+		"ways":       {unsafe.Offsetof(s.Way), ctWaysOff},
+		"entry size": {unsafe.Sizeof(e), ctEntSize},
+		"key size":   {unsafe.Sizeof(e.Key), ctKeySize},
+		"created":    {unsafe.Offsetof(e.CreatedNs), ctCreatedOff},
+		"generation": {unsafe.Offsetof(e.Generation), ctGenOff},
+		"hook":       {unsafe.Offsetof(e.Hook), ctHookOff},
+		"first_b":    {unsafe.Offsetof(e.FirstB), ctFirstBOff},
+	} {
+		if got[0] != got[1] {
+			t.Errorf("%s: C %d, migrate.go %d", name, got[0], got[1])
+		}
+	}
+}

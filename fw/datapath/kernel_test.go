@@ -59,7 +59,9 @@ type env struct {
 	dir    string // the pin directory
 }
 
-func newEnv(t testing.TB) *env {
+// newEnv loads the firewall into a fresh pin directory; before (if any)
+// runs on the empty directory first (to leave what an older qbod left).
+func newEnv(t testing.TB, before ...func(dir string)) *env {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the bpftest tier loads BPF programs and needs root (euid 0)")
@@ -70,6 +72,14 @@ func newEnv(t testing.TB) *env {
 			t.Errorf("removing %s: %v", dir, err)
 		}
 	})
+	if len(before) > 0 {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range before {
+			f(dir)
+		}
+	}
 	f, err := bpffw.Load(bpffw.Options{PinDir: dir})
 	if err != nil {
 		t.Fatalf("loading: %v", err)
