@@ -78,8 +78,12 @@ func TestConnectionTableSetReplacementAndCheck(t *testing.T) {
 	if len(flows) < 5 {
 		t.Fatal("no five flows in one set")
 	}
-	out := func(f flow) []byte { return tpkt{src: hostA, dst: hostB, proto: 6, sport: f.sport, dport: f.dport}.build() }
-	reply := func(f flow) []byte { return tpkt{src: hostB, dst: hostA, proto: 6, sport: f.dport, dport: f.sport}.build() }
+	out := func(f flow) []byte {
+		return tpkt{src: hostA, dst: hostB, proto: 6, sport: f.sport, dport: f.dport}.build()
+	}
+	reply := func(f flow) []byte {
+		return tpkt{src: hostB, dst: hostA, proto: 6, sport: f.dport, dport: f.sport}.build()
+	}
 	for _, f := range flows[:4] {
 		if got := e.run(fw.Egress, "d0", out(f)); got != next {
 			t.Fatalf("outbound %v: %s", f, verdictName(got))
