@@ -48,10 +48,19 @@
 // as soon as the next tuple's best is not better than that (OVS's
 // priority-sorted subtable search). The lowest position found decides;
 // none found, the scope's default. Compiled.Classify is this walk in Go.
-// The cost per packet is one hash lookup per tuple searched: it depends
-// on how many kinds of rule there are, not on how many rules; a packet
-// that matches an early rule stops early, one that matches nothing looks
-// in every tuple of its family.
+// The cost per packet is one lookup per tuple searched: it depends on how
+// many kinds of rule there are, not on how many rules; a packet that
+// matches an early rule stops early, one that matches nothing looks in
+// every tuple of its family.
+//
+// The entries are not in BPF hash maps: fw/datapath lays a generation's
+// entries out as a bucketized cuckoo hash table (two candidate buckets of
+// four ways per entry, tagged with the hash's high half) and copies it
+// into an array map's inactive half through its memory mapping; a lookup
+// is two inlined array reads. A hash-map lookup is a helper call, and on
+// CPUs that mitigate speculative return stack overflow ("Safe RET") every
+// call's return is expensive; an established flow's packet makes no call
+// at all (the connection table is a set-associative array too).
 //
 // When an interface hook would search more than MaxTuples tuples of one
 // family, Compile merges tuples (controlled expansion): tuple A joins a
@@ -73,8 +82,11 @@
 // # Limits
 //
 // DefaultLimits (the maps in bpf/fw/fw.c): 65,536 rules, 64 tuples
-// searched per interface, hook and family, 262,144 hash entries per family
-// (one per rule, port block and interface), 256 attached interfaces. A set
+// searched per interface, hook and family, 229,376 entries per family (one
+// per rule, port block and interface; 7/8 of the entry table's 262,144
+// slots per generation, a load at which the cuckoo table always builds;
+// should it not, Apply tries other hash seeds, then refuses the set), 256
+// attached interfaces. A set
 // that does not fit is refused whole with ErrCapacity, never partially
 // applied. Every table is keyed or indexed by a generation bit; a new set
 // is written into the inactive half and switched in with one word, so the
