@@ -19,7 +19,7 @@ type Limits struct {
 
 // DefaultLimits match the maps declared in bpf/fw/fw.c (fw/datapath's
 // Limits is built from the same constants and tested equal).
-var DefaultLimits = Limits{MaxRules: 65536, MaxTuples: 64, MaxEntries: 229376, MaxIfaces: 256}
+var DefaultLimits = Limits{MaxRules: 65536, MaxTuples: 128, MaxEntries: 229376, MaxIfaces: 256}
 
 // Families index the per-family halves of a Compiled.
 const (

@@ -50,7 +50,7 @@
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define FW_MAX_RULES 65536
-#define FW_MAX_TUPLES 64     /* searched per interface, hook and family */
+#define FW_MAX_TUPLES 128    /* searched per interface, hook and family */
 #define FW_MAX_IFACES 256
 #define FW_IFINDEX_DIRECT 65536 /* ifindexes below this find their slot by array */
 #define FW_CT_WAYS 4

@@ -47,7 +47,7 @@ type (
 // Constants shared with fw.c (enums the BTF does not carry).
 const (
 	MaxRules  = 65536 // FW_MAX_RULES: rule positions and counter slots
-	MaxTuples = 64    // FW_MAX_TUPLES: searched per interface, hook and family
+	MaxTuples = 128   // FW_MAX_TUPLES: searched per interface, hook and family
 	// MaxEntries: entries per family and generation; 7/8 of the slots of
 	// an entry table's half, a load at which a cuckoo table always builds.
 	MaxEntries = TSSBuckets * TSSWays / 8 * 7

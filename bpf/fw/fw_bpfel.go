@@ -140,8 +140,8 @@ type fwFwScopeVal struct {
 	N4    uint32
 	N6    uint32
 	Pad   uint32
-	T4    [64]fwFwTuple4
-	T6    [64]fwFwTuple6
+	T4    [128]fwFwTuple4
+	T6    [128]fwFwTuple6
 }
 
 type fwFwTss4Bucket struct {

@@ -595,15 +595,15 @@ func TestDifferentialAgainstReferenceModel(t *testing.T) {
 	}
 }
 
-// unmergeableTuples returns rules needing 66 mask tuples of which no two
-// can merge (each compares more source bits but fewer destination bits
-// than the next, or the protocol or not): more than MaxTuples at d0.
+// unmergeableTuples returns IPv6 rules needing 258 mask tuples of which
+// no two can merge (each compares more source bits but fewer destination
+// bits than the next, or the protocol or not): more than MaxTuples at d0.
 func unmergeableTuples() fw.RuleSet {
 	var s fw.RuleSet
-	for i := 0; i <= 32; i++ {
+	for i := 0; i <= 128; i++ {
 		for _, proto := range []uint8{fw.ProtoAny, fw.ProtoUDP} {
 			s.Rules = append(s.Rules, fw.Rule{Name: fmt.Sprintf("t%d-%d", i, proto), Action: fw.Allow, Proto: proto,
-				Src: netip.PrefixFrom(a("10.1.2.3"), i).Masked(), Dst: netip.PrefixFrom(a("10.4.5.6"), 32-i).Masked()})
+				Src: netip.PrefixFrom(a("fd00:1::3"), i).Masked(), Dst: netip.PrefixFrom(a("fd00:4::6"), 128-i).Masked()})
 		}
 	}
 	return s
@@ -645,9 +645,10 @@ func TestCapacityRefusedBeforeAnyWrite(t *testing.T) {
 	}
 }
 
-// TestLargeRuleSets applies 65,536-rule sets (the benchmark's, and a
-// busier mixed one) and checks sampled packets through the programs
-// against the reference model.
+// TestLargeRuleSets applies 65,536-rule sets (the benchmark's, a random
+// one drawing every field from a handful of values, which needs about 110
+// mask tuples at an interface, and a busier mixed one) and checks sampled
+// packets through the programs against the reference model.
 func TestLargeRuleSets(t *testing.T) {
 	e := newEnv(t)
 	const n = 65536
@@ -660,6 +661,7 @@ func TestLargeRuleSets(t *testing.T) {
 		hook fw.Direction
 	}{
 		{"benchmark", fwtest.BenchRules(n, "d0"), fw.Egress},
+		{"random", fwtest.RuleSet(r, n, []string{"d0", "d1"}), fw.Ingress},
 		{"mixed", fwtest.LargeRuleSet(r, n, "d1"), fw.Ingress},
 	} {
 		e.apply(c.s, res)
