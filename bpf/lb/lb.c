@@ -787,6 +787,74 @@ static __always_inline struct lb_backend *lb_new_flow(struct qbo_pkt *pkt, struc
 	return be;
 }
 
+/* lb_balance is lb_xdp after parsing. It is inlined twice: once for the
+ * frames qbo_parse_plain4 takes (constant offsets and flags, so that copy
+ * is compiled without the branches and variable offsets of the others)
+ * and once for everything else. */
+static __always_inline int lb_balance(struct xdp_md *ctx, struct qbo_pkt *pkt)
+{
+	if (pkt->flags & QBO_PKT_ICMP_ERR)
+		return lb_icmp_err(ctx, pkt);
+
+	struct lb_backend *be;
+	__u32 bid, sid;
+	if (pkt->flags & QBO_PKT_FRAG_LATER) {
+		struct lb_frag_key fk;
+		lb_frag_key(&fk, pkt);
+		struct lb_flow *f = bpf_map_lookup_elem(&lb_frags, &fk);
+		be = f ? lb_backend_get(f->backend) : 0;
+		if (!be) {
+			count(LB_ST_PASS_FRAG_MISS);
+			return XDP_PASS;
+		}
+		count(LB_ST_FRAG_LATER);
+		return lb_forward(ctx, pkt, be);
+	}
+	if (!(pkt->flags & QBO_PKT_PORTS) || !lb_vip_maybe(pkt)) {
+		count(LB_ST_PASS_NO_SERVICE);
+		return XDP_PASS;
+	}
+
+	struct lb_flow_key k = {};
+	__builtin_memcpy(k.saddr, pkt->saddr, 16);
+	__builtin_memcpy(k.daddr, pkt->daddr, 16);
+	k.sport = pkt->sport;
+	k.dport = pkt->dport;
+	k.proto = pkt->proto;
+	k.family = pkt->family;
+	__u64 h = lb_flow_hash(&k);
+
+	/* An established flow needs no service lookup: its entry names the
+	 * service and backend. A backend that is gone (not merely draining)
+	 * or now belongs to another service loses its flows: pick again. */
+	be = 0;
+	struct lb_flow_set *set = lb_flow_set(h);
+	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h) : 0;
+	if (f) {
+		bid = f->backend;
+		sid = f->service;
+		be = lb_backend_get(bid);
+		if (be && be->service != sid)
+			be = 0;
+		if (be)
+			count(LB_ST_EST_FLOW);
+	}
+	if (!be) {
+		int verdict = XDP_PASS;
+		be = lb_new_flow(pkt, &k, h, &bid, &sid, &verdict);
+		if (!be)
+			return verdict;
+	}
+	if (pkt->flags & QBO_PKT_FRAG) {
+		struct lb_frag_key fk;
+		lb_frag_key(&fk, pkt);
+		struct lb_flow fv = {.backend = bid, .service = sid};
+		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
+		count(LB_ST_FRAG_FIRST);
+	}
+	return lb_forward(ctx, pkt, be);
+}
+
 SEC("xdp")
 int lb_xdp(struct xdp_md *ctx)
 {
@@ -798,6 +866,8 @@ int lb_xdp(struct xdp_md *ctx)
 		count(LB_ST_DROP_PREFILTER);
 		return XDP_DROP;
 	}
+	if (qbo_parse_plain4(data, data_end, &pkt))
+		return lb_balance(ctx, &pkt);
 	switch (qbo_parse(data, data_end, &pkt)) {
 	case QBO_PARSE_OK:
 		break;
@@ -821,66 +891,7 @@ int lb_xdp(struct xdp_md *ctx)
 		count(LB_ST_IPOPTS);
 	if (pkt.flags & QBO_PKT_EXTHDRS)
 		count(LB_ST_EXTHDRS);
-	if (pkt.flags & QBO_PKT_ICMP_ERR)
-		return lb_icmp_err(ctx, &pkt);
-
-	struct lb_backend *be;
-	__u32 bid, sid;
-	if (pkt.flags & QBO_PKT_FRAG_LATER) {
-		struct lb_frag_key fk;
-		lb_frag_key(&fk, &pkt);
-		struct lb_flow *f = bpf_map_lookup_elem(&lb_frags, &fk);
-		be = f ? lb_backend_get(f->backend) : 0;
-		if (!be) {
-			count(LB_ST_PASS_FRAG_MISS);
-			return XDP_PASS;
-		}
-		count(LB_ST_FRAG_LATER);
-		return lb_forward(ctx, &pkt, be);
-	}
-	if (!(pkt.flags & QBO_PKT_PORTS) || !lb_vip_maybe(&pkt)) {
-		count(LB_ST_PASS_NO_SERVICE);
-		return XDP_PASS;
-	}
-
-	struct lb_flow_key k = {};
-	__builtin_memcpy(k.saddr, pkt.saddr, 16);
-	__builtin_memcpy(k.daddr, pkt.daddr, 16);
-	k.sport = pkt.sport;
-	k.dport = pkt.dport;
-	k.proto = pkt.proto;
-	k.family = pkt.family;
-	__u64 h = lb_flow_hash(&k);
-
-	/* An established flow needs no service lookup: its entry names the
-	 * service and backend. A backend that is gone (not merely draining)
-	 * or now belongs to another service loses its flows: pick again. */
-	be = 0;
-	struct lb_flow_set *set = lb_flow_set(h);
-	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h) : 0;
-	if (f) {
-		bid = f->backend;
-		sid = f->service;
-		be = lb_backend_get(bid);
-		if (be && be->service != sid)
-			be = 0;
-		if (be)
-			count(LB_ST_EST_FLOW);
-	}
-	if (!be) {
-		int verdict = XDP_PASS;
-		be = lb_new_flow(&pkt, &k, h, &bid, &sid, &verdict);
-		if (!be)
-			return verdict;
-	}
-	if (pkt.flags & QBO_PKT_FRAG) {
-		struct lb_frag_key fk;
-		lb_frag_key(&fk, &pkt);
-		struct lb_flow fv = {.backend = bid, .service = sid};
-		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
-		count(LB_ST_FRAG_FIRST);
-	}
-	return lb_forward(ctx, &pkt, be);
+	return lb_balance(ctx, &pkt);
 }
 
 /* lb_revnat runs on the uplink's egress: a reply of a NATed flow leaves
