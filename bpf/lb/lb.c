@@ -33,7 +33,8 @@
  *
  * NAT (local backends): destination rewritten to the backend, checksums
  * fixed incrementally, then XDP_PASS so that the node's stack routes it to
- * the backend; lb_revnat rewrites the reply's source back to the VIP.
+ * the backend; a new flow records its reply in lb_rnat2, where lb_revnat
+ * finds the VIP to rewrite the reply's source back to.
  * DSR (remote backends): IPIP (or IPv6-in-IPv6) to the backend, XDP_TX or
  * redirect towards its next hop; the backend answers the client directly.
  */
@@ -70,14 +71,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_vipf SEC(".maps");
 
+/* The reverse-NAT table (see lb.h), as many entries as the flow table;
+ * the loader sets lb_rnat_mask. Mmapable only for the placement: an
+ * mmapable array's values start on a page, so each 320-byte set's header
+ * and entries fill one cache line each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_FLOWS / LB_FLOW_WAYS);
+	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE */
+	__type(key, __u32);
+	__type(value, struct lb_rnat_set);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_rnat2 SEC(".maps");
+
+volatile const __u32 lb_rnat_mask = LB_FLOWS / LB_FLOW_WAYS - 1;
+
+/* lb_rnat, the reverse-NAT table before lb_rnat2 (an LRU hash), as its
+ * layout was. Not pinned by this object: the loader hands in the old
+ * pinned map when there is one, for lb_rnat_upgrade to copy, and else
+ * shrinks this to a placeholder that nothing reads. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_FLOWS);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__type(key, struct lb_flow_key);
 	__type(value, struct lb_rnat_val);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_rnat SEC(".maps");
+} lb_rnat_old SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -174,7 +193,7 @@ static __always_inline int lb_vip_maybe(const struct qbo_pkt *pkt)
 	return word && (*word & (1ULL << (b % 64)));
 }
 
-/* ---- the flow table (lb.h) ---- */
+/* ---- the set-associative tables (lb.h): flows and reverse NAT ---- */
 
 /* lb_flow_hash: five multiplies over the key's words (a hit never
  * computes the Maglev hash). The low half chooses the set, the high half
@@ -187,17 +206,92 @@ static __always_inline __u64 lb_flow_hash(const struct lb_flow_key *k)
 	return h ^ (h >> 29);
 }
 
-static __always_inline __u32 lb_flow_tag(__u64 h) { return (__u32)(h >> 32) | 1; }
-
-static __always_inline __u32 lb_flow_check(__u32 tag, __u32 backend, __u32 service)
-{
-	return tag ^ (backend * 0x9e3779b1) ^ (service * 0x85ebca77);
-}
+static __always_inline __u32 lb_set_tag(__u64 h) { return (__u32)(h >> 32) | 1; }
 
 static __always_inline int lb_key_eq(const struct lb_flow_key *a, const struct lb_flow_key *b)
 {
 	const __u64 *x = (const void *)a, *y = (const void *)b;
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
+}
+
+/* Both tables' entries start with their key; ways is the set's entry
+ * array and stride its element size, so the code below serves both. */
+static __always_inline const struct lb_flow_key *lb_set_key(const void *ways, __u32 stride, int i)
+{
+	return ways + i * stride;
+}
+
+/* lb_set_find returns the way holding key k (tag tag), or -1. The caller
+ * checks the way's payload against its check word. */
+static __always_inline int lb_set_find(const struct lb_set_head *s, const void *ways, __u32 stride,
+				       const struct lb_flow_key *k, __u32 tag)
+{
+	int i;
+#pragma unroll
+	for (i = 0; i < LB_FLOW_WAYS; i++)
+		if (s->tag[i] == tag && lb_key_eq(lb_set_key(ways, stride, i), k))
+			return i;
+	return -1;
+}
+
+/* lb_set_touch makes way i the set's most recently used. */
+static __always_inline void lb_set_touch(struct lb_set_head *s, int i)
+{
+	__u32 now = s->clock;
+	if (s->used[i] != now)
+		s->used[i] = now;
+}
+
+/* lb_set_victim chooses the way for key k: its own (a rewrite), else an
+ * empty one, else the least recently used. It advances the set's clock to
+ * *now, and reports whether the way held another key. */
+static __always_inline int lb_set_victim(struct lb_set_head *s, const void *ways, __u32 stride,
+					 const struct lb_flow_key *k, __u32 tag, __u32 *now, int *other)
+{
+	__u32 t = s->clock + 1;
+	__u32 victim = 0, best = 0;
+	int i;
+#pragma unroll
+	for (i = 0; i < LB_FLOW_WAYS; i++) {
+		__u32 score;
+		if (!s->tag[i])
+			score = 0xfffffffe;
+		else if (s->tag[i] == tag && lb_key_eq(lb_set_key(ways, stride, i), k))
+			score = 0xffffffff;
+		else
+			score = t - s->used[i];
+		if (score > best) {
+			best = score;
+			victim = i;
+		}
+	}
+	s->clock = t;
+	*now = t;
+	*other = best < 0xfffffffe;
+	return victim & (LB_FLOW_WAYS - 1);
+}
+
+/* Writing way i: lb_set_open empties it (readers miss it from then on),
+ * the caller writes the entry, lb_set_close publishes it. */
+static __always_inline void lb_set_open(struct lb_set_head *s, int i)
+{
+	s->tag[i] = 0;
+	asm volatile("" ::: "memory");
+}
+
+static __always_inline void lb_set_close(struct lb_set_head *s, int i, __u32 tag, __u32 check, __u32 now)
+{
+	s->used[i] = now;
+	s->check[i] = check;
+	asm volatile("" ::: "memory");
+	s->tag[i] = tag;
+}
+
+/* -- lb_flows2 -- */
+
+static __always_inline __u32 lb_flow_check(__u32 tag, __u32 backend, __u32 service)
+{
+	return tag ^ (backend * 0x9e3779b1) ^ (service * 0x85ebca77);
 }
 
 static __always_inline struct lb_flow_set *lb_flow_set(__u64 h)
@@ -211,60 +305,77 @@ static __always_inline struct lb_flow_set *lb_flow_set(__u64 h)
  * its content is being written by another CPU: a miss. */
 static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h)
 {
-	__u32 tag = lb_flow_tag(h);
-	int i;
-#pragma unroll
-	for (i = 0; i < LB_FLOW_WAYS; i++) {
-		if (s->tag[i] != tag)
-			continue;
-		struct lb_flow_ent *e = &s->way[i];
-		if (!lb_key_eq(&e->key, k))
-			continue;
-		if (s->check[i] != lb_flow_check(tag, e->backend, e->service))
-			return 0;
-		__u32 now = s->clock;
-		if (s->used[i] != now)
-			s->used[i] = now;
-		return e;
-	}
-	return 0;
+	__u32 tag = lb_set_tag(h);
+	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), k, tag);
+	if (i < 0)
+		return 0;
+	struct lb_flow_ent *e = &s->way[i];
+	if (s->head.check[i] != lb_flow_check(tag, e->backend, e->service))
+		return 0;
+	lb_set_touch(&s->head, i);
+	return e;
 }
 
-/* lb_flow_insert records flow k in set s: in its own way (a re-pick), else
- * an empty one, else in place of the least recently used. */
+/* lb_flow_insert records flow k in set s. */
 static __always_inline void lb_flow_insert(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h,
 					   __u32 backend, __u32 service)
 {
-	__u32 tag = lb_flow_tag(h);
-	__u32 now = s->clock + 1;
-	__u32 victim = 0, best = 0;
-	int i;
-#pragma unroll
-	for (i = 0; i < LB_FLOW_WAYS; i++) {
-		__u32 score;
-		if (!s->tag[i])
-			score = 0xfffffffe;
-		else if (s->tag[i] == tag && lb_key_eq(&s->way[i].key, k))
-			score = 0xffffffff;
-		else
-			score = now - s->used[i];
-		if (score > best) {
-			best = score;
-			victim = i;
-		}
-	}
-	victim &= LB_FLOW_WAYS - 1;
-	s->clock = now;
-	struct lb_flow_ent *e = &s->way[victim];
-	s->tag[victim] = 0;
-	asm volatile("" ::: "memory");
+	__u32 tag = lb_set_tag(h), now;
+	int other;
+	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
+	struct lb_flow_ent *e = &s->way[i];
+	lb_set_open(&s->head, i);
 	e->key = *k;
 	e->backend = backend;
 	e->service = service;
-	s->used[victim] = now;
-	s->check[victim] = lb_flow_check(tag, backend, service);
-	asm volatile("" ::: "memory");
-	s->tag[victim] = tag;
+	lb_set_close(&s->head, i, tag, lb_flow_check(tag, backend, service), now);
+}
+
+/* -- lb_rnat2 -- */
+
+static __always_inline __u32 lb_rnat_check(__u32 tag, const struct lb_rnat_val *v)
+{
+	__u32 a = v->vip[0] ^ rol32(v->vip[1], 8) ^ rol32(v->vip[2], 16) ^ rol32(v->vip[3], 24);
+	return tag ^ (a * 0x9e3779b1) ^ ((__u32)v->vport * 0x85ebca77);
+}
+
+static __always_inline struct lb_rnat_set *lb_rnat_set(__u64 h)
+{
+	__u32 i = (__u32)h & lb_rnat_mask;
+	return bpf_map_lookup_elem(&lb_rnat2, &i);
+}
+
+/* lb_rnat_find copies the VIP of reply k (hash h) into *v; non-zero on a
+ * hit. The copy is made before the check is compared, so that a write
+ * racing with the copy shows as a miss. */
+static __always_inline int lb_rnat_find(struct lb_rnat_set *s, const struct lb_flow_key *k, __u64 h,
+					struct lb_rnat_val *v)
+{
+	__u32 tag = lb_set_tag(h);
+	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), k, tag);
+	if (i < 0)
+		return 0;
+	*v = s->way[i].val;
+	if (s->head.check[i] != lb_rnat_check(tag, v))
+		return 0;
+	lb_set_touch(&s->head, i);
+	return 1;
+}
+
+/* lb_rnat_insert records reply k -> v in set s; non-zero when it took the
+ * way of another reply. */
+static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb_flow_key *k, __u64 h,
+					  const struct lb_rnat_val *v)
+{
+	__u32 tag = lb_set_tag(h), now;
+	int other;
+	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
+	struct lb_rnat_ent *e = &s->way[i];
+	lb_set_open(&s->head, i);
+	e->key = *k;
+	e->val = *v;
+	lb_set_close(&s->head, i, tag, lb_rnat_check(tag, v), now);
+	return other;
 }
 
 /* ---- checksums (RFC 1624 incremental update; byte-order agnostic as
@@ -607,11 +718,45 @@ static __always_inline int lb_pick(__u32 h, const struct lb_svc_val *svc, __u32 
 	return 0;
 }
 
+/* lb_record records new flow k (hash h) on backend bid of service sid: in
+ * the flow table, and for a NAT backend the reply's reverse-NAT entry.
+ *
+ * A global function: the verifier checks it once, not again for every
+ * parser outcome that leads to a new flow (inlined, lb_xdp took 95% of
+ * the verifier's budget of 1M instructions). A new flow pays one call. */
+__noinline int lb_record(const struct lb_flow_key *k, __u64 h, __u32 bid, __u32 sid)
+{
+	if (!k)
+		return 0;
+	struct lb_flow_set *set = lb_flow_set(h);
+	if (set)
+		lb_flow_insert(set, k, h, bid, sid);
+	else
+		count(LB_ST_DROP_FLOW_FULL);
+	struct lb_backend *be = lb_backend_get(bid);
+	if (!be || (be->flags & LB_BE_DSR))
+		return 0;
+	struct lb_flow_key rk = {};
+	__builtin_memcpy(rk.saddr, be->addr, 16);
+	__builtin_memcpy(rk.daddr, k->saddr, 16);
+	rk.sport = be->port;
+	rk.dport = k->sport;
+	rk.proto = k->proto;
+	rk.family = k->family;
+	struct lb_rnat_val rn = {.vport = k->dport};
+	__builtin_memcpy(rn.vip, k->daddr, 16);
+	__u64 rh = lb_flow_hash(&rk);
+	struct lb_rnat_set *rs = lb_rnat_set(rh);
+	if (rs)
+		lb_rnat_insert(rs, &rk, rh, &rn);
+	return 0;
+}
+
 /* lb_new_flow balances a flow that the flow table does not hold: service
  * lookup, Maglev pick, record. Returns the backend or NULL with *verdict
  * set. */
 static __always_inline struct lb_backend *lb_new_flow(struct qbo_pkt *pkt, struct lb_flow_key *k, __u64 h,
-						      struct lb_flow_set *set, __u32 *bid, __u32 *sid, int *verdict)
+						      __u32 *bid, __u32 *sid, int *verdict)
 {
 	struct lb_svc_key sk = {};
 	__builtin_memcpy(sk.addr, pkt->daddr, 16);
@@ -633,24 +778,81 @@ static __always_inline struct lb_backend *lb_new_flow(struct qbo_pkt *pkt, struc
 		return 0;
 	}
 	*sid = svc->id;
-	if (set)
-		lb_flow_insert(set, k, h, *bid, svc->id);
-	else
-		count(LB_ST_DROP_FLOW_FULL);
-	if (!(be->flags & LB_BE_DSR)) {
-		struct lb_flow_key rk = {};
-		__builtin_memcpy(rk.saddr, be->addr, 16);
-		__builtin_memcpy(rk.daddr, pkt->saddr, 16);
-		rk.sport = be->port;
-		rk.dport = pkt->sport;
-		rk.proto = pkt->proto;
-		rk.family = pkt->family;
-		struct lb_rnat_val rn = {.vport = pkt->dport};
-		__builtin_memcpy(rn.vip, pkt->daddr, 16);
-		bpf_map_update_elem(&lb_rnat, &rk, &rn, BPF_ANY);
-	}
+	/* A copy: were k's address to leave this inlined code, the
+	 * compiler would keep k in memory on every path, the established
+	 * flow's included (10-15 ns more a packet in BenchmarkXDPRatio). */
+	struct lb_flow_key fk = *k;
+	lb_record(&fk, h, *bid, svc->id);
 	count(LB_ST_NEW_FLOW);
 	return be;
+}
+
+/* lb_balance is lb_xdp after parsing. It is inlined twice: once for the
+ * frames qbo_parse_plain4 takes (constant offsets and flags, so that copy
+ * is compiled without the branches and variable offsets of the others)
+ * and once for everything else. */
+static __always_inline int lb_balance(struct xdp_md *ctx, struct qbo_pkt *pkt)
+{
+	if (pkt->flags & QBO_PKT_ICMP_ERR)
+		return lb_icmp_err(ctx, pkt);
+
+	struct lb_backend *be;
+	__u32 bid, sid;
+	if (pkt->flags & QBO_PKT_FRAG_LATER) {
+		struct lb_frag_key fk;
+		lb_frag_key(&fk, pkt);
+		struct lb_flow *f = bpf_map_lookup_elem(&lb_frags, &fk);
+		be = f ? lb_backend_get(f->backend) : 0;
+		if (!be) {
+			count(LB_ST_PASS_FRAG_MISS);
+			return XDP_PASS;
+		}
+		count(LB_ST_FRAG_LATER);
+		return lb_forward(ctx, pkt, be);
+	}
+	if (!(pkt->flags & QBO_PKT_PORTS) || !lb_vip_maybe(pkt)) {
+		count(LB_ST_PASS_NO_SERVICE);
+		return XDP_PASS;
+	}
+
+	struct lb_flow_key k = {};
+	__builtin_memcpy(k.saddr, pkt->saddr, 16);
+	__builtin_memcpy(k.daddr, pkt->daddr, 16);
+	k.sport = pkt->sport;
+	k.dport = pkt->dport;
+	k.proto = pkt->proto;
+	k.family = pkt->family;
+	__u64 h = lb_flow_hash(&k);
+
+	/* An established flow needs no service lookup: its entry names the
+	 * service and backend. A backend that is gone (not merely draining)
+	 * or now belongs to another service loses its flows: pick again. */
+	be = 0;
+	struct lb_flow_set *set = lb_flow_set(h);
+	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h) : 0;
+	if (f) {
+		bid = f->backend;
+		sid = f->service;
+		be = lb_backend_get(bid);
+		if (be && be->service != sid)
+			be = 0;
+		if (be)
+			count(LB_ST_EST_FLOW);
+	}
+	if (!be) {
+		int verdict = XDP_PASS;
+		be = lb_new_flow(pkt, &k, h, &bid, &sid, &verdict);
+		if (!be)
+			return verdict;
+	}
+	if (pkt->flags & QBO_PKT_FRAG) {
+		struct lb_frag_key fk;
+		lb_frag_key(&fk, pkt);
+		struct lb_flow fv = {.backend = bid, .service = sid};
+		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
+		count(LB_ST_FRAG_FIRST);
+	}
+	return lb_forward(ctx, pkt, be);
 }
 
 SEC("xdp")
@@ -664,6 +866,8 @@ int lb_xdp(struct xdp_md *ctx)
 		count(LB_ST_DROP_PREFILTER);
 		return XDP_DROP;
 	}
+	if (qbo_parse_plain4(data, data_end, &pkt))
+		return lb_balance(ctx, &pkt);
 	switch (qbo_parse(data, data_end, &pkt)) {
 	case QBO_PARSE_OK:
 		break;
@@ -687,66 +891,7 @@ int lb_xdp(struct xdp_md *ctx)
 		count(LB_ST_IPOPTS);
 	if (pkt.flags & QBO_PKT_EXTHDRS)
 		count(LB_ST_EXTHDRS);
-	if (pkt.flags & QBO_PKT_ICMP_ERR)
-		return lb_icmp_err(ctx, &pkt);
-
-	struct lb_backend *be;
-	__u32 bid, sid;
-	if (pkt.flags & QBO_PKT_FRAG_LATER) {
-		struct lb_frag_key fk;
-		lb_frag_key(&fk, &pkt);
-		struct lb_flow *f = bpf_map_lookup_elem(&lb_frags, &fk);
-		be = f ? lb_backend_get(f->backend) : 0;
-		if (!be) {
-			count(LB_ST_PASS_FRAG_MISS);
-			return XDP_PASS;
-		}
-		count(LB_ST_FRAG_LATER);
-		return lb_forward(ctx, &pkt, be);
-	}
-	if (!(pkt.flags & QBO_PKT_PORTS) || !lb_vip_maybe(&pkt)) {
-		count(LB_ST_PASS_NO_SERVICE);
-		return XDP_PASS;
-	}
-
-	struct lb_flow_key k = {};
-	__builtin_memcpy(k.saddr, pkt.saddr, 16);
-	__builtin_memcpy(k.daddr, pkt.daddr, 16);
-	k.sport = pkt.sport;
-	k.dport = pkt.dport;
-	k.proto = pkt.proto;
-	k.family = pkt.family;
-	__u64 h = lb_flow_hash(&k);
-
-	/* An established flow needs no service lookup: its entry names the
-	 * service and backend. A backend that is gone (not merely draining)
-	 * or now belongs to another service loses its flows: pick again. */
-	be = 0;
-	struct lb_flow_set *set = lb_flow_set(h);
-	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h) : 0;
-	if (f) {
-		bid = f->backend;
-		sid = f->service;
-		be = lb_backend_get(bid);
-		if (be && be->service != sid)
-			be = 0;
-		if (be)
-			count(LB_ST_EST_FLOW);
-	}
-	if (!be) {
-		int verdict = XDP_PASS;
-		be = lb_new_flow(&pkt, &k, h, set, &bid, &sid, &verdict);
-		if (!be)
-			return verdict;
-	}
-	if (pkt.flags & QBO_PKT_FRAG) {
-		struct lb_frag_key fk;
-		lb_frag_key(&fk, &pkt);
-		struct lb_flow fv = {.backend = bid, .service = sid};
-		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
-		count(LB_ST_FRAG_FIRST);
-	}
-	return lb_forward(ctx, &pkt, be);
+	return lb_balance(ctx, &pkt);
 }
 
 /* lb_revnat runs on the uplink's egress: a reply of a NATed flow leaves
@@ -770,10 +915,11 @@ int lb_revnat(struct __sk_buff *skb)
 	k.dport = pkt.dport;
 	k.proto = pkt.proto;
 	k.family = pkt.family;
-	struct lb_rnat_val *rn = bpf_map_lookup_elem(&lb_rnat, &k);
-	if (!rn)
+	__u64 h = lb_flow_hash(&k);
+	struct lb_rnat_set *s = lb_rnat_set(h);
+	struct lb_rnat_val r;
+	if (!s || !lb_rnat_find(s, &k, h, &r))
 		return TC_ACT_OK;
-	struct lb_rnat_val r = *rn;
 	__u32 l4 = pkt.l4_off;
 	__u32 csum_off = l4 + (pkt.proto == IPPROTO_TCP ? 16 : 6);
 	__u64 l4flags = pkt.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
@@ -797,6 +943,42 @@ int lb_revnat(struct __sk_buff *skb)
 	if (v)
 		v->packets++;
 	return TC_ACT_OK;
+}
+
+/* lb_rnat_upgrade copies lb_rnat_old (the pinned lb_rnat of an older qbo,
+ * handed in by the loader) into lb_rnat2 with the datapath's own insert,
+ * so that NAT flows keep their reverse translation across an upgrade. A
+ * reply already in lb_rnat2 keeps its entry (lb_xdp wrote it, so it is
+ * the newer); the loader may run it again to pick up what the old lb_xdp
+ * added meanwhile. Run through BPF_PROG_TEST_RUN; ctx holds the counts. */
+static long lb_rnat_copy(void *map, const struct lb_flow_key *k, struct lb_rnat_val *v,
+			 struct lb_rnat_upgrade_stats *st)
+{
+	struct lb_flow_key key = *k;
+	struct lb_rnat_val val = *v, cur;
+	__u64 h = lb_flow_hash(&key);
+	struct lb_rnat_set *s = lb_rnat_set(h);
+	if (!s)
+		return 1;
+	if (lb_rnat_find(s, &key, h, &cur)) {
+		st->present++;
+		return 0;
+	}
+	st->copied++;
+	if (lb_rnat_insert(s, &key, h, &val))
+		st->replaced++;
+	return 0;
+}
+
+SEC("syscall")
+int lb_rnat_upgrade(struct lb_rnat_upgrade_stats *ctx)
+{
+	struct lb_rnat_upgrade_stats st = {};
+	bpf_for_each_map_elem(&lb_rnat_old, lb_rnat_copy, &st, 0);
+	ctx->copied = st.copied;
+	ctx->present = st.present;
+	ctx->replaced = st.replaced;
+	return 0;
 }
 
 /* lb_decap is for DSR backend hosts whose kernel has no ipip/ip6tnl device:

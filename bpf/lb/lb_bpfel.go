@@ -48,13 +48,9 @@ type lbLbFlowKey struct {
 }
 
 type lbLbFlowSet struct {
-	_     structs.HostLayout
-	Tag   [4]uint32
-	Check [4]uint32
-	Used  [4]uint32
-	Clock uint32
-	Pad   [3]uint32
-	Way   [4]lbLbFlowEnt
+	_    structs.HostLayout
+	Head lbLbSetHead
+	Way  [4]lbLbFlowEnt
 }
 
 type lbLbFragKey struct {
@@ -67,11 +63,41 @@ type lbLbFragKey struct {
 	Pad    uint16
 }
 
+type lbLbRnatEnt struct {
+	_   structs.HostLayout
+	Key lbLbFlowKey
+	Val lbLbRnatVal
+	_   [4]byte
+}
+
+type lbLbRnatSet struct {
+	_    structs.HostLayout
+	Head lbLbSetHead
+	Way  [4]lbLbRnatEnt
+}
+
+type lbLbRnatUpgradeStats struct {
+	_        structs.HostLayout
+	Copied   uint32
+	Present  uint32
+	Replaced uint32
+	Pad      uint32
+}
+
 type lbLbRnatVal struct {
 	_     structs.HostLayout
 	Vip   [4]uint32
 	Vport uint16
 	Pad   uint16
+}
+
+type lbLbSetHead struct {
+	_     structs.HostLayout
+	Tag   [4]uint32
+	Check [4]uint32
+	Used  [4]uint32
+	Clock uint32
+	Pad   [3]uint32
 }
 
 type lbLbStatVal struct {
@@ -128,25 +154,28 @@ type lbQboPfVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lbMapLbBackends2 = "lb_backends2"
-	lbMapLbFlows2    = "lb_flows2"
-	lbMapLbFrags     = "lb_frags"
-	lbMapLbMaglev    = "lb_maglev"
-	lbMapLbRnat      = "lb_rnat"
-	lbMapLbStats     = "lb_stats"
-	lbMapLbSvc       = "lb_svc"
-	lbMapLbVipf      = "lb_vipf"
-	lbMapQboPfCfg    = "qbo_pf_cfg"
-	lbMapQboPfStats  = "qbo_pf_stats"
-	lbMapQboPfV4     = "qbo_pf_v4"
-	lbMapQboPfV4Full = "qbo_pf_v4_full"
-	lbMapQboPfV4Host = "qbo_pf_v4_host"
-	lbMapQboPfV4Part = "qbo_pf_v4_part"
-	lbMapQboPfV6     = "qbo_pf_v6"
-	lbProgLbDecap    = "lb_decap"
-	lbProgLbRevnat   = "lb_revnat"
-	lbProgLbXdp      = "lb_xdp"
-	lbVarLbFlowMask  = "lb_flow_mask"
+	lbMapLbBackends2    = "lb_backends2"
+	lbMapLbFlows2       = "lb_flows2"
+	lbMapLbFrags        = "lb_frags"
+	lbMapLbMaglev       = "lb_maglev"
+	lbMapLbRnat2        = "lb_rnat2"
+	lbMapLbRnatOld      = "lb_rnat_old"
+	lbMapLbStats        = "lb_stats"
+	lbMapLbSvc          = "lb_svc"
+	lbMapLbVipf         = "lb_vipf"
+	lbMapQboPfCfg       = "qbo_pf_cfg"
+	lbMapQboPfStats     = "qbo_pf_stats"
+	lbMapQboPfV4        = "qbo_pf_v4"
+	lbMapQboPfV4Full    = "qbo_pf_v4_full"
+	lbMapQboPfV4Host    = "qbo_pf_v4_host"
+	lbMapQboPfV4Part    = "qbo_pf_v4_part"
+	lbMapQboPfV6        = "qbo_pf_v6"
+	lbProgLbDecap       = "lb_decap"
+	lbProgLbRevnat      = "lb_revnat"
+	lbProgLbRnatUpgrade = "lb_rnat_upgrade"
+	lbProgLbXdp         = "lb_xdp"
+	lbVarLbFlowMask     = "lb_flow_mask"
+	lbVarLbRnatMask     = "lb_rnat_mask"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -191,9 +220,10 @@ type lbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbProgramSpecs struct {
-	LbDecap  *ebpf.ProgramSpec `ebpf:"lb_decap"`
-	LbRevnat *ebpf.ProgramSpec `ebpf:"lb_revnat"`
-	LbXdp    *ebpf.ProgramSpec `ebpf:"lb_xdp"`
+	LbDecap       *ebpf.ProgramSpec `ebpf:"lb_decap"`
+	LbRevnat      *ebpf.ProgramSpec `ebpf:"lb_revnat"`
+	LbRnatUpgrade *ebpf.ProgramSpec `ebpf:"lb_rnat_upgrade"`
+	LbXdp         *ebpf.ProgramSpec `ebpf:"lb_xdp"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -204,7 +234,8 @@ type lbMapSpecs struct {
 	LbFlows2    *ebpf.MapSpec `ebpf:"lb_flows2"`
 	LbFrags     *ebpf.MapSpec `ebpf:"lb_frags"`
 	LbMaglev    *ebpf.MapSpec `ebpf:"lb_maglev"`
-	LbRnat      *ebpf.MapSpec `ebpf:"lb_rnat"`
+	LbRnat2     *ebpf.MapSpec `ebpf:"lb_rnat2"`
+	LbRnatOld   *ebpf.MapSpec `ebpf:"lb_rnat_old"`
 	LbStats     *ebpf.MapSpec `ebpf:"lb_stats"`
 	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
 	LbVipf      *ebpf.MapSpec `ebpf:"lb_vipf"`
@@ -222,6 +253,7 @@ type lbMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbVariableSpecs struct {
 	LbFlowMask *ebpf.VariableSpec `ebpf:"lb_flow_mask"`
+	LbRnatMask *ebpf.VariableSpec `ebpf:"lb_rnat_mask"`
 }
 
 // lbObjects contains all objects after they have been loaded into the kernel.
@@ -248,7 +280,8 @@ type lbMaps struct {
 	LbFlows2    *ebpf.Map `ebpf:"lb_flows2"`
 	LbFrags     *ebpf.Map `ebpf:"lb_frags"`
 	LbMaglev    *ebpf.Map `ebpf:"lb_maglev"`
-	LbRnat      *ebpf.Map `ebpf:"lb_rnat"`
+	LbRnat2     *ebpf.Map `ebpf:"lb_rnat2"`
+	LbRnatOld   *ebpf.Map `ebpf:"lb_rnat_old"`
 	LbStats     *ebpf.Map `ebpf:"lb_stats"`
 	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
 	LbVipf      *ebpf.Map `ebpf:"lb_vipf"`
@@ -267,7 +300,8 @@ func (m *lbMaps) Close() error {
 		m.LbFlows2,
 		m.LbFrags,
 		m.LbMaglev,
-		m.LbRnat,
+		m.LbRnat2,
+		m.LbRnatOld,
 		m.LbStats,
 		m.LbSvc,
 		m.LbVipf,
@@ -286,21 +320,24 @@ func (m *lbMaps) Close() error {
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbVariables struct {
 	LbFlowMask *ebpf.Variable `ebpf:"lb_flow_mask"`
+	LbRnatMask *ebpf.Variable `ebpf:"lb_rnat_mask"`
 }
 
 // lbPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbPrograms struct {
-	LbDecap  *ebpf.Program `ebpf:"lb_decap"`
-	LbRevnat *ebpf.Program `ebpf:"lb_revnat"`
-	LbXdp    *ebpf.Program `ebpf:"lb_xdp"`
+	LbDecap       *ebpf.Program `ebpf:"lb_decap"`
+	LbRevnat      *ebpf.Program `ebpf:"lb_revnat"`
+	LbRnatUpgrade *ebpf.Program `ebpf:"lb_rnat_upgrade"`
+	LbXdp         *ebpf.Program `ebpf:"lb_xdp"`
 }
 
 func (p *lbPrograms) Close() error {
 	return _LbClose(
 		p.LbDecap,
 		p.LbRevnat,
+		p.LbRnatUpgrade,
 		p.LbXdp,
 	)
 }

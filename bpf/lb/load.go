@@ -22,8 +22,9 @@ type Options struct {
 	// interfaces not listed are removed.
 	Uplinks []string
 	// FlowEntries overrides the capacity of the flow table lb_flows2
-	// (rounded down to a power of two, at least LB_FLOW_WAYS) and of
-	// lb_rnat, only when they are created (not already pinned).
+	// (rounded down to a power of two, at least LB_FLOW_WAYS) when it is
+	// created; a pinned table keeps its size. The reverse-NAT table
+	// lb_rnat2 is created with the flow table's size.
 	FlowEntries uint32
 	// MaglevSlots overrides the size of the flat Maglev array (only when
 	// it is created).
@@ -34,18 +35,47 @@ type Options struct {
 type Objects struct {
 	objs  lbObjects
 	links map[string]link.Link
+	// oldRevNAT is the pin of lb_rnat, the reverse-NAT table of an older
+	// qbo, while its entries are being copied into lb_rnat2.
+	oldRevNAT string
+	copied    RevNATCopy
 }
+
+// RevNATCopy counts what Load copied from lb_rnat, the reverse-NAT table
+// (an LRU hash) that lb_rnat2 replaced.
+type RevNATCopy struct {
+	// Copied entries; Replaced of them took the way of another entry,
+	// whose reply is no longer translated (its set was full).
+	Copied, Replaced int
+}
+
+// RevNATCopied reports the copy from lb_rnat; ok is false when there was
+// no such table to copy.
+func (o *Objects) RevNATCopied() (c RevNATCopy, ok bool) { return o.copied, o.oldRevNAT != "" }
 
 // Load loads the object (reusing pinned maps), and attaches it to the
 // uplinks: a pinned link running the same program is kept, one running
 // another program is updated in place (link.Update swaps the program
 // atomically, so no packet misses the balancer during an upgrade).
+//
+// Upgrading from a qbo whose reverse-NAT table was lb_rnat, it copies that
+// table into lb_rnat2 before attaching (so the new lb_revnat finds every
+// reply the old one did) and again after (for the flows the old lb_xdp
+// recorded until its link was updated), then removes lb_rnat's pin.
 func Load(opts Options) (*Objects, error) {
-	o, err := LoadUnattached(opts)
+	o, err := load(opts)
 	if err != nil {
 		return nil, err
 	}
+	if err := o.copyRevNAT(); err != nil {
+		o.Close()
+		return nil, err
+	}
 	if err := o.attach(opts); err != nil {
+		o.Close()
+		return nil, err
+	}
+	if err := o.finishUpgrade(); err != nil {
 		o.Close()
 		return nil, err
 	}
@@ -53,8 +83,20 @@ func Load(opts Options) (*Objects, error) {
 }
 
 // LoadUnattached loads the object and its pinned maps without touching any
-// interface (tests, benchmarks).
+// interface (tests, benchmarks); like Load, it copies and removes lb_rnat.
 func LoadUnattached(opts Options) (*Objects, error) {
+	o, err := load(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := o.finishUpgrade(); err != nil {
+		o.Close()
+		return nil, err
+	}
+	return o, nil
+}
+
+func load(opts Options) (*Objects, error) {
 	pinDir := opts.PinDir
 	if pinDir == "" {
 		pinDir = bpf.DefaultPinDir
@@ -66,34 +108,104 @@ func LoadUnattached(opts Options) (*Objects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading lb object: %w", err)
 	}
+	// The set-associative tables: a pinned one keeps its size, a new one
+	// is sized by the options, lb_rnat2 like the flow table; each
+	// program's set mask follows the map it will use.
+	flowSets := spec.Maps["lb_flows2"].MaxEntries
 	if opts.FlowEntries != 0 {
-		spec.Maps["lb_flows2"].MaxEntries = max(1, prevPow2(opts.FlowEntries/FlowWays))
-		spec.Maps["lb_rnat"].MaxEntries = opts.FlowEntries
+		flowSets = max(1, prevPow2(opts.FlowEntries/FlowWays))
 	}
-	// The flow table may be pinned with another size: lb_xdp's set mask
-	// follows the map it will use.
-	sets := spec.Maps["lb_flows2"].MaxEntries
-	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "lb_flows2"), nil); err == nil {
-		sets = m.MaxEntries()
-		m.Close()
+	flowSets, err = sizeSets(spec, pinDir, "lb_flows2", "lb_flow_mask", flowSets)
+	if err != nil {
+		return nil, err
 	}
-	if sets&(sets-1) != 0 {
-		return nil, fmt.Errorf("flow table lb_flows2 has %d sets, not a power of two", sets)
-	}
-	if err := spec.Variables["lb_flow_mask"].Set(sets - 1); err != nil {
-		return nil, fmt.Errorf("sizing the flow table: %w", err)
+	if _, err := sizeSets(spec, pinDir, "lb_rnat2", "lb_rnat_mask", flowSets); err != nil {
+		return nil, err
 	}
 	if opts.MaglevSlots != 0 {
 		spec.Maps["lb_maglev"].MaxEntries = opts.MaglevSlots
 	}
 	o := &Objects{links: map[string]link.Link{}}
-	if err := spec.LoadAndAssign(&o.objs, &ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: pinDir},
-	}); err != nil {
+	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	oldPath := filepath.Join(pinDir, "lb_rnat")
+	old, err := ebpf.LoadPinnedMap(oldPath, nil)
+	switch {
+	case err == nil:
+		defer old.Close()
+		spec.Maps["lb_rnat_old"].MaxEntries = old.MaxEntries()
+		copts.MapReplacements = map[string]*ebpf.Map{"lb_rnat_old": old}
+		o.oldRevNAT = oldPath
+	case errors.Is(err, os.ErrNotExist):
+		// Nothing to copy: a placeholder, released right after loading.
+		spec.Maps["lb_rnat_old"].MaxEntries = 1
+	default:
+		return nil, fmt.Errorf("opening lb_rnat of an older qbo: %w", err)
+	}
+	if err := spec.LoadAndAssign(&o.objs, copts); err != nil {
 		return nil, fmt.Errorf("loading lb object: %w", err)
 	}
-	o.links = map[string]link.Link{}
+	if o.oldRevNAT == "" {
+		o.releaseUpgrade()
+	}
 	return o, nil
+}
+
+// sizeSets sizes set-associative table name (sets, or its pinned size)
+// and its set mask variable, and returns the size.
+func sizeSets(spec *ebpf.CollectionSpec, pinDir, name, mask string, sets uint32) (uint32, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, name), nil)
+	switch {
+	case err == nil:
+		sets = m.MaxEntries()
+		m.Close()
+	case !errors.Is(err, os.ErrNotExist):
+		return 0, fmt.Errorf("opening %s: %w", name, err)
+	}
+	if sets == 0 || sets&(sets-1) != 0 {
+		return 0, fmt.Errorf("%s has %d sets, not a power of two", name, sets)
+	}
+	spec.Maps[name].MaxEntries = sets
+	if err := spec.Variables[mask].Set(sets - 1); err != nil {
+		return 0, fmt.Errorf("sizing %s: %w", name, err)
+	}
+	return sets, nil
+}
+
+// copyRevNAT runs lb_rnat_upgrade: lb_rnat's entries that lb_rnat2 lacks
+// are inserted into it.
+func (o *Objects) copyRevNAT() error {
+	if o.objs.LbRnatUpgrade == nil {
+		return nil
+	}
+	var st lbLbRnatUpgradeStats
+	if _, err := o.objs.LbRnatUpgrade.Run(&ebpf.RunOptions{Context: &st, ContextOut: &st}); err != nil {
+		return fmt.Errorf("copying lb_rnat into lb_rnat2: %w", err)
+	}
+	o.copied.Copied += int(st.Copied)
+	o.copied.Replaced += int(st.Replaced)
+	return nil
+}
+
+// finishUpgrade copies lb_rnat (again), removes its pin (the old programs,
+// detached by now, were its last users) and releases the upgrade program.
+func (o *Objects) finishUpgrade() error {
+	if o.objs.LbRnatUpgrade == nil {
+		return nil
+	}
+	if err := o.copyRevNAT(); err != nil {
+		return err
+	}
+	if err := os.Remove(o.oldRevNAT); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing lb_rnat: %w", err)
+	}
+	o.releaseUpgrade()
+	return nil
+}
+
+func (o *Objects) releaseUpgrade() {
+	o.objs.LbRnatUpgrade.Close()
+	o.objs.LbRnatOld.Close()
+	o.objs.LbRnatUpgrade, o.objs.LbRnatOld = nil, nil
 }
 
 func (o *Objects) attach(opts Options) error {
@@ -176,7 +288,8 @@ func Detach(pinDir string) error {
 	return nil
 }
 
-// FlowWays is LB_FLOW_WAYS: entries per set of the flow table.
+// FlowWays is LB_FLOW_WAYS: entries per set of the flow and reverse-NAT
+// tables.
 const FlowWays = 4
 
 func prevPow2(n uint32) uint32 {
@@ -193,7 +306,7 @@ func (o *Objects) Backends() *ebpf.Map  { return o.objs.LbBackends2 }
 func (o *Objects) Maglev() *ebpf.Map    { return o.objs.LbMaglev }
 func (o *Objects) Flows() *ebpf.Map     { return o.objs.LbFlows2 }
 func (o *Objects) VIPFilter() *ebpf.Map { return o.objs.LbVipf }
-func (o *Objects) RevNAT() *ebpf.Map    { return o.objs.LbRnat }
+func (o *Objects) RevNAT() *ebpf.Map    { return o.objs.LbRnat2 }
 func (o *Objects) Frags() *ebpf.Map     { return o.objs.LbFrags }
 func (o *Objects) Stats() *ebpf.Map     { return o.objs.LbStats }
 func (o *Objects) XDP() *ebpf.Program   { return o.objs.LbXdp }
@@ -206,9 +319,12 @@ type (
 	Backend   = lbLbBackend
 	FlowKey   = lbLbFlowKey
 	Flow      = lbLbFlow
+	SetHead   = lbLbSetHead
 	FlowEnt   = lbLbFlowEnt
 	FlowSet   = lbLbFlowSet
 	RevNATVal = lbLbRnatVal
+	RevNATEnt = lbLbRnatEnt
+	RevNATSet = lbLbRnatSet
 	FragKey   = lbLbFragKey
 	StatVal   = lbLbStatVal
 )

@@ -14,8 +14,11 @@ func TestStructSizes(t *testing.T) {
 		"lb_flow_key": {unsafe.Sizeof(FlowKey{}), 40},
 		"lb_flow":     {unsafe.Sizeof(Flow{}), 8},
 		"lb_flow_ent": {unsafe.Sizeof(FlowEnt{}), 48},
+		"lb_set_head": {unsafe.Sizeof(SetHead{}), 64},
 		"lb_flow_set": {unsafe.Sizeof(FlowSet{}), 256},
 		"lb_rnat_val": {unsafe.Sizeof(RevNATVal{}), 20},
+		"lb_rnat_ent": {unsafe.Sizeof(RevNATEnt{}), 64},
+		"lb_rnat_set": {unsafe.Sizeof(RevNATSet{}), 320},
 		"lb_frag_key": {unsafe.Sizeof(FragKey{}), 40},
 	} {
 		if c[0] != c[1] {

@@ -96,6 +96,11 @@ func (s *lbSystem) start(ctx context.Context, d *daemon, wg *sync.WaitGroup) (er
 	if err != nil {
 		return err
 	}
+	if c, ok := obj.RevNATCopied(); ok {
+		// Replaced entries were live translations that found their set
+		// full: those flows' replies now leave untranslated.
+		s.log.Info("reverse-NAT table lb_rnat copied into lb_rnat2 and removed", "copied", c.Copied, "replaced", c.Replaced)
+	}
 	// The socket hooks share bpf/lb's maps (pinned by name), so they load
 	// after it. Without them, traffic from outside is still balanced.
 	so, err := sock.Load(sock.Options{PinDir: d.cfg.PinDir, Cgroup: d.cfg.LB.Cgroup})

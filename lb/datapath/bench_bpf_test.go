@@ -157,8 +157,8 @@ func BenchmarkXDPServices(b *testing.B) {
 // balanced as a new flow and replaces the least recently used entry of its
 // set. Beside it, in the same run and the same way (one run per packet), a
 // single established flow of the same service. NAT services also record
-// the reverse-NAT entry (an LRU hash insert) for every new flow; DSR
-// services need none.
+// the reply's entry in the reverse-NAT table (the same kind of set, in
+// another table) for every new flow; DSR services need none.
 func BenchmarkXDPChurn(b *testing.B) {
 	for _, mode := range []lb.Mode{lb.ModeNAT, lb.ModeDSR} {
 		e := newEnv(b)

@@ -4,34 +4,22 @@ package datapath
 
 import (
 	"encoding/binary"
-	"encoding/hex"
-	"math/rand/v2"
 	"net/netip"
-	"os"
 	"testing"
 
 	bpflb "github.com/qbo/qbo/bpf/lb"
 	"github.com/qbo/qbo/lb"
 )
 
-// newSmallEnv is newEnv with a flow table of one set (4 entries).
+// newSmallEnv is newEnv with flow and reverse-NAT tables of one set (4
+// entries) each.
 func newSmallEnv(t *testing.T) *env {
 	t.Helper()
-	b := make([]byte, 4)
-	for i := range b {
-		b[i] = byte(rand.N(256))
+	e := loadEnv(t, bpflb.Options{PinDir: tempPin(t), FlowEntries: bpflb.FlowWays})
+	if f, r := e.obj.Flows().MaxEntries(), e.obj.RevNAT().MaxEntries(); f != 1 || r != 1 {
+		t.Fatalf("flow table has %d sets, reverse-NAT table %d, want 1 each", f, r)
 	}
-	pin := "/sys/fs/bpf/qbo-test-lb-" + hex.EncodeToString(b)
-	t.Cleanup(func() { os.RemoveAll(pin) })
-	obj, err := bpflb.LoadUnattached(bpflb.Options{PinDir: pin, FlowEntries: bpflb.FlowWays})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { obj.Close() })
-	if n := obj.Flows().MaxEntries(); n != 1 {
-		t.Fatalf("flow table has %d sets, want 1", n)
-	}
-	return &env{t: t, obj: obj, dp: New(obj), state: lb.NewState()}
+	return e
 }
 
 func (e *env) flowSet() bpflb.FlowSet {
@@ -48,7 +36,7 @@ func (e *env) inSet() map[uint16]bool {
 	out := map[uint16]bool{}
 	s := e.flowSet()
 	for i, w := range s.Way {
-		if s.Tag[i] != 0 {
+		if s.Head.Tag[i] != 0 {
 			out[Port(w.Key.Sport)] = true
 		}
 	}
@@ -91,7 +79,7 @@ func TestFlowTableReplacesLeastRecentlyUsed(t *testing.T) {
 	n := 0
 	set := e.flowSet()
 	for i, w := range set.Way {
-		if set.Tag[i] != 0 && Port(w.Key.Sport) == 1005 {
+		if set.Head.Tag[i] != 0 && Port(w.Key.Sport) == 1005 {
 			n++
 		}
 	}
@@ -113,7 +101,7 @@ func TestFlowTableTornEntryIsAMiss(t *testing.T) {
 	s := e.flowSet()
 	var way int = -1
 	for i := range s.Way {
-		if s.Tag[i] != 0 {
+		if s.Head.Tag[i] != 0 {
 			way = i
 		}
 	}

@@ -34,11 +34,22 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
+	return loadEnv(t, bpflb.Options{PinDir: tempPin(t)})
+}
+
+// tempPin is a fresh pin directory, removed when the test ends.
+func tempPin(t testing.TB) string {
 	b := make([]byte, 4)
 	rand.Read(b)
 	pin := "/sys/fs/bpf/qbo-test-lb-" + hex.EncodeToString(b)
 	t.Cleanup(func() { os.RemoveAll(pin) })
-	obj, err := bpflb.LoadUnattached(bpflb.Options{PinDir: pin})
+	return pin
+}
+
+// loadEnv loads the object (unattached) with opts.
+func loadEnv(t testing.TB, opts bpflb.Options) *env {
+	t.Helper()
+	obj, err := bpflb.LoadUnattached(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,27 +397,6 @@ func TestXDPDifferential(t *testing.T) {
 			t.Fatalf("service %s flow %v:%d: datapath chose %v, reference %v", s.Name, src, sp, got, want.Addr)
 		}
 	}
-}
-
-func TestRevNAT(t *testing.T) {
-	e := newEnv(t)
-	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
-	if ret, _ := e.run(pktSpec{src: client4, dst: vip4, sport: 5555, dport: 80, proto: 6}.bytes()); ret != xdpPass {
-		t.Fatal(ret)
-	}
-	reply := pktSpec{src: netip.MustParseAddr("10.199.1.2"), dst: client4, sport: 8080, dport: 5555, proto: 6, payload: []byte("hi")}.bytes()
-	out := make([]byte, len(reply))
-	ret, err := e.obj.TC().Run(&ebpf.RunOptions{Data: reply, DataOut: out})
-	if err != nil || ret != 0 {
-		t.Fatalf("tc verdict %d: %v", ret, err)
-	}
-	if a := netip.AddrFrom4([4]byte(out[26:30])); a != vip4 {
-		t.Fatalf("reply source %v", a)
-	}
-	if p := binary.BigEndian.Uint16(out[34:]); p != 80 {
-		t.Fatalf("reply port %d", p)
-	}
-	checkSums4(t, out, 6)
 }
 
 // FuzzXDP feeds random frames: every verdict must be a defined one.
