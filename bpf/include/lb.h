@@ -82,8 +82,12 @@ struct lb_flow {
  *
  * The price of a fixed set per key: a set holds at most LB_FLOW_WAYS
  * entries, so a fifth live key of a set evicts the least recently used
- * one before the table is full. For random keys the share evicted early
- * is about 0.4% with the table a quarter full, 4% half full, 20% full. */
+ * one before the table is full (for random keys about 0.4% of them with
+ * the table a quarter full, 4% half full, 20% full). For the flow table
+ * that costs nothing visible: the evicted flow's next packet re-picks its
+ * backend by Maglev, the same one while the backend set is unchanged. A
+ * reverse-NAT entry cannot be re-derived, so lb_rnat2 moves its victim to
+ * lb_rnat_spill (lb.c) instead of dropping it. */
 #define LB_FLOW_WAYS 4
 
 /* A set's header (its first cache line): each way's tag and recency, so
@@ -93,7 +97,8 @@ struct lb_set_head {
 	__u32 check[LB_FLOW_WAYS]; /* the table's check of tag and payload */
 	__u32 used[LB_FLOW_WAYS];  /* the set's clock when the way was last used */
 	__u32 clock;               /* advanced on every insert into the set */
-	__u32 pad[3];
+	__u32 spilled;             /* lb_rnat2: a way's entry was moved to lb_rnat_spill */
+	__u32 pad[2];
 };
 
 /* lb_flows2: a client flow -> its backend. A reader that misses re-picks
@@ -184,6 +189,7 @@ enum lb_stat {
 	LB_ST_DROP_PREFILTER,
 	LB_ST_REVNAT,
 	LB_ST_DROP_FLOW_FULL,
+	LB_ST_RNAT_SPILL, /* a reverse-NAT entry moved from lb_rnat2 to lb_rnat_spill */
 	LB_ST_MAX,
 };
 

@@ -86,6 +86,19 @@ struct {
 
 volatile const __u32 lb_rnat_mask = LB_FLOWS / LB_FLOW_WAYS - 1;
 
+/* lb_rnat_spill holds the reverse-NAT entries that lost their way in
+ * lb_rnat2 to a newer flow of the same set (see lb_rnat_insert): a live
+ * NAT flow keeps its translation until this LRU hash itself is full, as
+ * when the whole table was an LRU hash, while the common case (a set with
+ * room) pays no hash-map insert. Sized like the flow table by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, LB_FLOWS);
+	__type(key, struct lb_flow_key);
+	__type(value, struct lb_rnat_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_rnat_spill SEC(".maps");
+
 /* lb_rnat, the reverse-NAT table before lb_rnat2 (an LRU hash), as its
  * layout was. Not pinned by this object: the loader hands in the old
  * pinned map when there is one, for lb_rnat_upgrade to copy, and else
@@ -363,7 +376,11 @@ static __always_inline int lb_rnat_find(struct lb_rnat_set *s, const struct lb_f
 }
 
 /* lb_rnat_insert records reply k -> v in set s; non-zero when it took the
- * way of another reply. */
+ * way of another reply. That reply's entry (if intact) moves to
+ * lb_rnat_spill first, and the set is marked so that lb_revnat looks
+ * there on a miss: a set-associative table alone would drop a live NAT
+ * flow's translation whenever a fifth flow lands in its set, long before
+ * the table is full. */
 static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb_flow_key *k, __u64 h,
 					  const struct lb_rnat_val *v)
 {
@@ -371,6 +388,16 @@ static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb
 	int other;
 	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
 	struct lb_rnat_ent *e = &s->way[i];
+	if (other) {
+		struct lb_flow_key ok = e->key;
+		struct lb_rnat_val ov = e->val;
+		if (s->head.check[i] == lb_rnat_check(s->head.tag[i], &ov)) {
+			bpf_map_update_elem(&lb_rnat_spill, &ok, &ov, BPF_ANY);
+			if (!s->head.spilled)
+				s->head.spilled = 1;
+			count(LB_ST_RNAT_SPILL);
+		}
+	}
 	lb_set_open(&s->head, i);
 	e->key = *k;
 	e->val = *v;
@@ -918,8 +945,17 @@ int lb_revnat(struct __sk_buff *skb)
 	__u64 h = lb_flow_hash(&k);
 	struct lb_rnat_set *s = lb_rnat_set(h);
 	struct lb_rnat_val r;
-	if (!s || !lb_rnat_find(s, &k, h, &r))
+	if (!s)
 		return TC_ACT_OK;
+	if (!lb_rnat_find(s, &k, h, &r)) {
+		/* Only a set that has spilled can have this reply elsewhere. */
+		if (!s->head.spilled)
+			return TC_ACT_OK;
+		struct lb_rnat_val *sp = bpf_map_lookup_elem(&lb_rnat_spill, &k);
+		if (!sp)
+			return TC_ACT_OK;
+		r = *sp;
+	}
 	__u32 l4 = pkt.l4_off;
 	__u32 csum_off = l4 + (pkt.proto == IPPROTO_TCP ? 16 : 6);
 	__u64 l4flags = pkt.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;

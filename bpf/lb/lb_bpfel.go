@@ -92,12 +92,13 @@ type lbLbRnatVal struct {
 }
 
 type lbLbSetHead struct {
-	_     structs.HostLayout
-	Tag   [4]uint32
-	Check [4]uint32
-	Used  [4]uint32
-	Clock uint32
-	Pad   [3]uint32
+	_       structs.HostLayout
+	Tag     [4]uint32
+	Check   [4]uint32
+	Used    [4]uint32
+	Clock   uint32
+	Spilled uint32
+	Pad     [2]uint32
 }
 
 type lbLbStatVal struct {
@@ -160,6 +161,7 @@ const (
 	lbMapLbMaglev       = "lb_maglev"
 	lbMapLbRnat2        = "lb_rnat2"
 	lbMapLbRnatOld      = "lb_rnat_old"
+	lbMapLbRnatSpill    = "lb_rnat_spill"
 	lbMapLbStats        = "lb_stats"
 	lbMapLbSvc          = "lb_svc"
 	lbMapLbVipf         = "lb_vipf"
@@ -236,6 +238,7 @@ type lbMapSpecs struct {
 	LbMaglev    *ebpf.MapSpec `ebpf:"lb_maglev"`
 	LbRnat2     *ebpf.MapSpec `ebpf:"lb_rnat2"`
 	LbRnatOld   *ebpf.MapSpec `ebpf:"lb_rnat_old"`
+	LbRnatSpill *ebpf.MapSpec `ebpf:"lb_rnat_spill"`
 	LbStats     *ebpf.MapSpec `ebpf:"lb_stats"`
 	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
 	LbVipf      *ebpf.MapSpec `ebpf:"lb_vipf"`
@@ -282,6 +285,7 @@ type lbMaps struct {
 	LbMaglev    *ebpf.Map `ebpf:"lb_maglev"`
 	LbRnat2     *ebpf.Map `ebpf:"lb_rnat2"`
 	LbRnatOld   *ebpf.Map `ebpf:"lb_rnat_old"`
+	LbRnatSpill *ebpf.Map `ebpf:"lb_rnat_spill"`
 	LbStats     *ebpf.Map `ebpf:"lb_stats"`
 	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
 	LbVipf      *ebpf.Map `ebpf:"lb_vipf"`
@@ -302,6 +306,7 @@ func (m *lbMaps) Close() error {
 		m.LbMaglev,
 		m.LbRnat2,
 		m.LbRnatOld,
+		m.LbRnatSpill,
 		m.LbStats,
 		m.LbSvc,
 		m.LbVipf,

@@ -102,12 +102,27 @@ func TestRevNATReplacesLeastRecentlyUsed(t *testing.T) {
 	if got := e.reply(backend, client(1001), 6); got != service {
 		t.Fatalf("reply of 1001 leaves from %v", got)
 	}
-	// 1002 is now the least recently used.
+	// 1002 is now the least recently used: its way goes to 1005, and its
+	// entry moves to lb_rnat_spill, where its replies still find it.
+	spills := e.stat("rnat_spill")
 	open(1005)
-	for sp, want := range map[uint16]netip.AddrPort{1001: service, 1002: backend, 1003: service, 1004: service, 1005: service} {
-		if got := e.reply(backend, client(sp), 6); got != want {
-			t.Errorf("reply of %d leaves from %v, want %v", sp, got, want)
+	for sp := uint16(1001); sp <= 1005; sp++ {
+		if got := e.reply(backend, client(sp), 6); got != service {
+			t.Errorf("reply of %d leaves from %v, want %v", sp, got, service)
 		}
+	}
+	if n := e.stat("rnat_spill") - spills; n != 1 {
+		t.Errorf("%d entries spilled, want 1", n)
+	}
+	spill := e.obj.RevNATSpill()
+	var k bpflb.FlowKey
+	var v bpflb.RevNATVal
+	found := map[uint16]bool{}
+	for it := spill.Iterate(); it.Next(&k, &v); {
+		found[Port(k.Dport)] = true
+	}
+	if !found[1002] || len(found) != 1 {
+		t.Errorf("lb_rnat_spill holds the replies to %v, want 1002's", found)
 	}
 	var s bpflb.RevNATSet
 	if err := e.obj.RevNAT().Lookup(uint32(0), &s); err != nil {
