@@ -175,6 +175,12 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 	next := cfg.Generation + 1
 	gen := next & 1
 
+	// The entry tables are built (and may be refused) before anything is
+	// written or any counter slot changes hands.
+	seed, err := d.buildHalves(c, gen, next*0x9e3779b1)
+	if err != nil {
+		return err
+	}
 	if err := d.clear(gen); err != nil {
 		return err
 	}
@@ -212,10 +218,6 @@ func (d *Datapath) Apply(c *fw.Compiled, ifindex func(string) (int, error), reev
 		if err := d.m.FwScopesV3.Update(k, encodeScope(gen, sc), ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("writing scope %s/%s: %w", sc.Scope.Iface, sc.Scope.Hook, err)
 		}
-	}
-	seed, err := d.buildHalves(c, gen, next*0x9e3779b1)
-	if err != nil {
-		return err
 	}
 	if err := d.writeHalves(gen); err != nil {
 		return err
