@@ -1,7 +1,8 @@
 #!/bin/sh
 # Load balancer A/B: the per-packet benchmarks of a base revision and of
 # the work tree, alternately, three rounds, so that both see the same
-# minutes of this noisy VM (docs/BENCHMARKS.md, "Load balancer").
+# minutes of this noisy VM (docs/BENCHMARKS.md, "Load balancer"). Both
+# run the work tree's benchmark code.
 # Needs root (BPF_PROG_TEST_RUN).
 #
 #   bash bench/lb-ab.sh REV
@@ -13,6 +14,9 @@ trap 'rm -rf "$tmp"' EXIT
 # An export of the revision, not a worktree: nothing is added to the repository.
 mkdir "$tmp/base"
 git archive "$rev" | tar -x -C "$tmp/base"
+# The work tree's benchmark code runs against both datapaths (it uses only
+# names both have: the lb/datapath and bpf/lb API, counters new_flow/est_flow).
+cp lb/datapath/bench_bpf_test.go "$tmp/base/lb/datapath/"
 (cd "$tmp/base" && go test -c -buildvcs=false -tags bpftest -o "$tmp/base.test" ./lb/datapath/)
 go test -c -buildvcs=false -tags bpftest -o "$tmp/now.test" ./lb/datapath/
 cd lb/datapath

@@ -190,8 +190,15 @@ enum lb_stat {
 	LB_ST_REVNAT,
 	LB_ST_DROP_FLOW_FULL,
 	LB_ST_RNAT_SPILL, /* a reverse-NAT entry moved from lb_rnat2 to lb_rnat_spill */
+	LB_ST_RNAT_STALE, /* a stale reverse-NAT entry dropped from a full lb_rnat2 set */
 	LB_ST_MAX,
 };
+
+/* lb_stats2 has room for counters added later, so that adding one does
+ * not change the pinned map's size (lb_stats, its predecessor, was sized
+ * LB_ST_MAX; the loader copies its counts). */
+#define LB_ST_SLOTS 64
+_Static_assert(LB_ST_MAX <= LB_ST_SLOTS, "lb_stats2 is too small");
 
 struct lb_stat_val {
 	__u64 packets;

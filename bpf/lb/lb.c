@@ -86,11 +86,12 @@ struct {
 
 volatile const __u32 lb_rnat_mask = LB_FLOWS / LB_FLOW_WAYS - 1;
 
-/* lb_rnat_spill holds the reverse-NAT entries that lost their way in
- * lb_rnat2 to a newer flow of the same set (see lb_rnat_insert): a live
- * NAT flow keeps its translation until this LRU hash itself is full, as
- * when the whole table was an LRU hash, while the common case (a set with
- * room) pays no hash-map insert. Sized like the flow table by the loader. */
+/* lb_rnat_spill holds the reverse-NAT entries, still in use, that lost
+ * their way in lb_rnat2 to a newer flow of the same set (see
+ * lb_rnat_insert): a live NAT flow keeps its translation until this LRU
+ * hash itself is full, while the common cases (a set with room, or a
+ * stale victim) pay no hash-map insert. Sized like the flow table by the
+ * loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_FLOWS);
@@ -121,15 +122,15 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, LB_ST_MAX);
+	__uint(max_entries, LB_ST_SLOTS);
 	__type(key, __u32);
 	__type(value, struct lb_stat_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_stats SEC(".maps");
+} lb_stats2 SEC(".maps");
 
 static __always_inline void count(__u32 st)
 {
-	struct lb_stat_val *v = bpf_map_lookup_elem(&lb_stats, &st);
+	struct lb_stat_val *v = bpf_map_lookup_elem(&lb_stats2, &st);
 	if (v)
 		v->packets++;
 }
@@ -376,11 +377,16 @@ static __always_inline int lb_rnat_find(struct lb_rnat_set *s, const struct lb_f
 }
 
 /* lb_rnat_insert records reply k -> v in set s; non-zero when it took the
- * way of another reply. That reply's entry (if intact) moves to
- * lb_rnat_spill first, and the set is marked so that lb_revnat looks
- * there on a miss: a set-associative table alone would drop a live NAT
- * flow's translation whenever a fifth flow lands in its set, long before
- * the table is full. */
+ * way of another reply. A set-associative table alone would drop a live
+ * NAT flow's translation whenever a fifth flow lands in its set, long
+ * before the table is full; so a victim that is still in use moves to
+ * lb_rnat_spill first, and the set is marked so that lb_revnat looks there
+ * on a miss. "In use": touched since the set's last LB_FLOW_WAYS inserts.
+ * A victim that a whole set's worth of newer entries has outlived is what
+ * an LRU of the table's size would evict by now (a set sees 1/sets of the
+ * inserts, so LB_FLOW_WAYS of them stand for about the table's capacity);
+ * it is dropped (counted as stale), which keeps flow churn beyond the
+ * table's size from paying a hash-map insert per new flow. */
 static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb_flow_key *k, __u64 h,
 					  const struct lb_rnat_val *v)
 {
@@ -389,13 +395,17 @@ static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb
 	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
 	struct lb_rnat_ent *e = &s->way[i];
 	if (other) {
-		struct lb_flow_key ok = e->key;
-		struct lb_rnat_val ov = e->val;
-		if (s->head.check[i] == lb_rnat_check(s->head.tag[i], &ov)) {
-			bpf_map_update_elem(&lb_rnat_spill, &ok, &ov, BPF_ANY);
-			if (!s->head.spilled)
-				s->head.spilled = 1;
-			count(LB_ST_RNAT_SPILL);
+		if (now - s->head.used[i] >= LB_FLOW_WAYS) {
+			count(LB_ST_RNAT_STALE);
+		} else {
+			struct lb_flow_key ok = e->key;
+			struct lb_rnat_val ov = e->val;
+			if (s->head.check[i] == lb_rnat_check(s->head.tag[i], &ov)) {
+				bpf_map_update_elem(&lb_rnat_spill, &ok, &ov, BPF_ANY);
+				if (!s->head.spilled)
+					s->head.spilled = 1;
+				count(LB_ST_RNAT_SPILL);
+			}
 		}
 	}
 	lb_set_open(&s->head, i);
@@ -975,7 +985,7 @@ int lb_revnat(struct __sk_buff *skb)
 	bpf_l4_csum_replace(skb, csum_off, k.sport, r.vport, l4flags | 2);
 	bpf_skb_store_bytes(skb, l4, &r.vport, 2, 0);
 	__u32 st = LB_ST_REVNAT;
-	struct lb_stat_val *v = bpf_map_lookup_elem(&lb_stats, &st);
+	struct lb_stat_val *v = bpf_map_lookup_elem(&lb_stats2, &st);
 	if (v)
 		v->packets++;
 	return TC_ACT_OK;

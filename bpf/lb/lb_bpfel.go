@@ -162,7 +162,7 @@ const (
 	lbMapLbRnat2        = "lb_rnat2"
 	lbMapLbRnatOld      = "lb_rnat_old"
 	lbMapLbRnatSpill    = "lb_rnat_spill"
-	lbMapLbStats        = "lb_stats"
+	lbMapLbStats2       = "lb_stats2"
 	lbMapLbSvc          = "lb_svc"
 	lbMapLbVipf         = "lb_vipf"
 	lbMapQboPfCfg       = "qbo_pf_cfg"
@@ -239,7 +239,7 @@ type lbMapSpecs struct {
 	LbRnat2     *ebpf.MapSpec `ebpf:"lb_rnat2"`
 	LbRnatOld   *ebpf.MapSpec `ebpf:"lb_rnat_old"`
 	LbRnatSpill *ebpf.MapSpec `ebpf:"lb_rnat_spill"`
-	LbStats     *ebpf.MapSpec `ebpf:"lb_stats"`
+	LbStats2    *ebpf.MapSpec `ebpf:"lb_stats2"`
 	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
 	LbVipf      *ebpf.MapSpec `ebpf:"lb_vipf"`
 	QboPfCfg    *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
@@ -286,7 +286,7 @@ type lbMaps struct {
 	LbRnat2     *ebpf.Map `ebpf:"lb_rnat2"`
 	LbRnatOld   *ebpf.Map `ebpf:"lb_rnat_old"`
 	LbRnatSpill *ebpf.Map `ebpf:"lb_rnat_spill"`
-	LbStats     *ebpf.Map `ebpf:"lb_stats"`
+	LbStats2    *ebpf.Map `ebpf:"lb_stats2"`
 	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
 	LbVipf      *ebpf.Map `ebpf:"lb_vipf"`
 	QboPfCfg    *ebpf.Map `ebpf:"qbo_pf_cfg"`
@@ -307,7 +307,7 @@ func (m *lbMaps) Close() error {
 		m.LbRnat2,
 		m.LbRnatOld,
 		m.LbRnatSpill,
-		m.LbStats,
+		m.LbStats2,
 		m.LbSvc,
 		m.LbVipf,
 		m.QboPfCfg,

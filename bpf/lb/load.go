@@ -39,6 +39,7 @@ type Objects struct {
 	// qbo, while its entries are being copied into lb_rnat2.
 	oldRevNAT string
 	copied    RevNATCopy
+	pinDir    string
 }
 
 // RevNATCopy counts what Load copied from lb_rnat, the reverse-NAT table
@@ -79,6 +80,10 @@ func Load(opts Options) (*Objects, error) {
 		o.Close()
 		return nil, err
 	}
+	if err := o.adoptStats(); err != nil {
+		o.Close()
+		return nil, err
+	}
 	return o, nil
 }
 
@@ -90,6 +95,10 @@ func LoadUnattached(opts Options) (*Objects, error) {
 		return nil, err
 	}
 	if err := o.finishUpgrade(); err != nil {
+		o.Close()
+		return nil, err
+	}
+	if err := o.adoptStats(); err != nil {
 		o.Close()
 		return nil, err
 	}
@@ -132,7 +141,7 @@ func load(opts Options) (*Objects, error) {
 	if opts.MaglevSlots != 0 {
 		spec.Maps["lb_maglev"].MaxEntries = opts.MaglevSlots
 	}
-	o := &Objects{links: map[string]link.Link{}}
+	o := &Objects{links: map[string]link.Link{}, pinDir: pinDir}
 	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
 	oldPath := filepath.Join(pinDir, "lb_rnat")
 	old, err := ebpf.LoadPinnedMap(oldPath, nil)
@@ -206,6 +215,42 @@ func (o *Objects) finishUpgrade() error {
 		return fmt.Errorf("removing lb_rnat: %w", err)
 	}
 	o.releaseUpgrade()
+	return nil
+}
+
+// adoptStats adds the counters of lb_stats, the counter map of an older
+// qbo (sized by its number of counters, so it could not be reused once one
+// was added), into lb_stats2, and removes its pin. Called after attaching,
+// when the old programs no longer count into it.
+func (o *Objects) adoptStats() error {
+	path := filepath.Join(o.pinDir, "lb_stats")
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("opening lb_stats of an older qbo: %w", err)
+	}
+	defer old.Close()
+	n := min(old.MaxEntries(), o.objs.LbStats2.MaxEntries())
+	for k := range n {
+		var was, now []StatVal
+		if err := old.Lookup(k, &was); err != nil {
+			return fmt.Errorf("reading lb_stats: %w", err)
+		}
+		if err := o.objs.LbStats2.Lookup(k, &now); err != nil {
+			return fmt.Errorf("reading lb_stats2: %w", err)
+		}
+		for c := range min(len(was), len(now)) {
+			now[c].Packets += was[c].Packets
+		}
+		if err := o.objs.LbStats2.Put(k, now); err != nil {
+			return fmt.Errorf("writing lb_stats2: %w", err)
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing lb_stats: %w", err)
+	}
 	return nil
 }
 
@@ -319,7 +364,7 @@ func (o *Objects) RevNAT() *ebpf.Map    { return o.objs.LbRnat2 }
 // lb_rnat2's sets go.
 func (o *Objects) RevNATSpill() *ebpf.Map { return o.objs.LbRnatSpill }
 func (o *Objects) Frags() *ebpf.Map       { return o.objs.LbFrags }
-func (o *Objects) Stats() *ebpf.Map       { return o.objs.LbStats }
+func (o *Objects) Stats() *ebpf.Map       { return o.objs.LbStats2 }
 func (o *Objects) XDP() *ebpf.Program     { return o.objs.LbXdp }
 func (o *Objects) TC() *ebpf.Program      { return o.objs.LbRevnat }
 
@@ -346,6 +391,7 @@ var StatNames = []string{
 	"pass_no_service", "new_flow", "est_flow", "drop_no_backend", "ipopts", "exthdrs",
 	"frag_first", "frag_later", "pass_frag_miss", "icmp_err", "pass_icmp_err_miss", "nat", "dsr",
 	"drop_dsr_fib", "drop_dsr_vlan", "drop_dsr_headroom", "drop_prefilter", "revnat", "drop_flow_full", "rnat_spill",
+	"rnat_stale",
 }
 
 // Decap is lb_decap, for the TC ingress of a DSR backend host without an

@@ -155,29 +155,50 @@ func BenchmarkXDPServices(b *testing.B) {
 // BenchmarkXDPChurn sends 1M distinct flows round-robin through the
 // 262144-entry flow table, so that no packet finds its flow: each one is
 // balanced as a new flow and replaces the least recently used entry of its
-// set. Beside it, in the same run and the same way (one run per packet), a
-// single established flow of the same service. NAT services also record
-// the reply's entry in the reverse-NAT table (the same kind of set, in
-// another table) for every new flow; DSR services need none.
+// set. Beside it, in the same run and the same way (one run per packet),
+// two established baselines of the same service: a single flow (its sets
+// stay in the caches) and 128k flows that fit in the table, sent
+// round-robin after a first pass has recorded them (each packet finds its
+// flow in a random set of the table, as a churning flow looks in one).
+// NAT services also record the reply's entry in the reverse-NAT table (the
+// same kind of set, in another table) for every new flow; DSR services
+// need none.
 func BenchmarkXDPChurn(b *testing.B) {
+	flow := func(f int) []byte {
+		return pktSpec{src: netip.AddrFrom4([4]byte{10, 198, byte(f >> 8), byte(f)}), dst: vip4, sport: uint16(1024 + f>>16), dport: 80, proto: 6}.bytes()
+	}
 	for _, mode := range []lb.Mode{lb.ModeNAT, lb.ModeDSR} {
 		e := newEnv(b)
 		e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Mode: mode,
 			Backends: []lb.Backend{be("10.199.1.2:80"), be("10.199.2.2:80"), be("10.199.3.2:80")}})
+		newPerPkt := func(b *testing.B, run func()) {
+			st0, _ := e.dp.Stats()
+			run()
+			st, _ := e.dp.Stats()
+			nf, ef := st["new_flow"]-st0["new_flow"], st["est_flow"]-st0["est_flow"]
+			b.ReportMetric(float64(nf)/float64(nf+ef), "new/pkt")
+		}
 		est := pktSpec{src: client4, dst: vip4, sport: 40000, dport: 80, proto: 6}.bytes()
 		b.Run(string(mode)+"/established-single", func(b *testing.B) {
 			benchSingle(b, e.obj.XDP(), func(int) []byte { return est })
 		})
+		const spread = 1 << 17
+		b.Run(string(mode)+"/established-128k-flows-single", func(b *testing.B) {
+			// From 1<<20 on: not among the churn's flows (sports 1040 on).
+			for f := range spread {
+				if _, _, err := e.obj.XDP().Benchmark(flow(1<<20+f), 1, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			newPerPkt(b, func() {
+				benchSingle(b, e.obj.XDP(), func(i int) []byte { return flow(1<<20 + i%spread) })
+			})
+		})
 		const flows = 1 << 20
 		b.Run(string(mode)+"/1M-flows-single", func(b *testing.B) {
-			st0, _ := e.dp.Stats()
-			benchSingle(b, e.obj.XDP(), func(i int) []byte {
-				f := i % flows
-				return pktSpec{src: netip.AddrFrom4([4]byte{10, 198, byte(f >> 8), byte(f)}), dst: vip4, sport: uint16(1024 + f>>16), dport: 80, proto: 6}.bytes()
+			newPerPkt(b, func() {
+				benchSingle(b, e.obj.XDP(), func(i int) []byte { return flow(i % flows) })
 			})
-			st, _ := e.dp.Stats()
-			nf, ef := st["new_flow"]-st0["new_flow"], st["est_flow"]-st0["est_flow"]
-			b.ReportMetric(float64(nf)/float64(nf+ef), "new/pkt")
 		})
 	}
 }

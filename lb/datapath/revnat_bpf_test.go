@@ -139,6 +139,83 @@ func TestRevNATReplacesLeastRecentlyUsed(t *testing.T) {
 	}
 }
 
+// TestRevNATDropsStaleVictim fills one set with four NAT flows that see no
+// reply and opens a fifth: the least recently used entry has been outlived
+// by a whole set's worth of newer ones (what an LRU of the table's size
+// would have evicted), so it is dropped, not moved to lb_rnat_spill.
+func TestRevNATDropsStaleVictim(t *testing.T) {
+	e := newSmallEnv(t)
+	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
+	backend, service := ap("10.199.1.2:8080"), netip.AddrPortFrom(vip4, 80)
+	spills, stale := e.stat("rnat_spill"), e.stat("rnat_stale")
+	for sp := uint16(1001); sp <= 1005; sp++ {
+		e.run(pktSpec{src: client4, dst: vip4, sport: sp, dport: 80, proto: 6}.bytes())
+	}
+	if n := e.stat("rnat_stale") - stale; n != 1 {
+		t.Errorf("%d stale entries dropped, want 1", n)
+	}
+	if n := e.stat("rnat_spill") - spills; n != 0 {
+		t.Errorf("%d entries spilled, want none", n)
+	}
+	if got := e.reply(backend, netip.AddrPortFrom(client4, 1001), 6); got != backend {
+		t.Errorf("reply of the dropped 1001 leaves from %v, want untranslated %v", got, backend)
+	}
+	for sp := uint16(1002); sp <= 1005; sp++ {
+		if got := e.reply(backend, netip.AddrPortFrom(client4, sp), 6); got != service {
+			t.Errorf("reply of %d leaves from %v, want %v", sp, got, service)
+		}
+	}
+	// The next packet of 1001 records it again.
+	e.run(pktSpec{src: client4, dst: vip4, sport: 1001, dport: 80, proto: 6}.bytes())
+	if got := e.reply(backend, netip.AddrPortFrom(client4, 1001), 6); got != service {
+		t.Errorf("reply of 1001 after its next packet leaves from %v, want %v", got, service)
+	}
+}
+
+// TestStatsUpgrade loads over a pin directory that holds lb_stats, the
+// counter map of an older qbo (one slot per counter it had): the load
+// succeeds, its counts are added into lb_stats2 and its pin is removed.
+func TestStatsUpgrade(t *testing.T) {
+	pin := tempPin(t)
+	if err := os.MkdirAll(pin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
+		Name: "lb_stats", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8,
+		MaxEntries: 24, Pinning: ebpf.PinByName,
+	}, ebpf.MapOptions{PinPath: pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]uint64{}
+	for _, k := range []uint32{6, 7, 23} { // new_flow, est_flow, drop_flow_full
+		per := make([]bpflb.StatVal, ncpu)
+		per[0].Packets, per[ncpu-1].Packets = uint64(k)*100, 5
+		if err := m.Put(k, per); err != nil {
+			t.Fatal(err)
+		}
+		want[bpflb.StatNames[k]] = uint64(k)*100 + 5
+		if ncpu == 1 {
+			want[bpflb.StatNames[k]] = 5
+		}
+	}
+	m.Close()
+
+	e := loadEnv(t, bpflb.Options{PinDir: pin})
+	for name, n := range want {
+		if got := e.stat(name); got != n {
+			t.Errorf("%s = %d after the upgrade, want %d", name, got, n)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(pin, "lb_stats")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("lb_stats still pinned: %v", err)
+	}
+}
+
 // TestRevNATTornEntryIsAMiss gives the reverse-NAT entry of a NAT flow a
 // VIP that its check word was not computed for (what a reader sees in the
 // middle of a concurrent write): the reply must leave untranslated, not
