@@ -100,6 +100,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_rnat_spill SEC(".maps");
 
+/* lb_rnat_scratch holds the copy of a reverse-NAT entry on its way to
+ * lb_rnat_spill: a per-CPU buffer instead of the stack, whose 512 bytes
+ * lb_xdp and the global functions it calls share. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct lb_rnat_ent);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lb_rnat_scratch SEC(".maps");
+
 /* lb_rnat, the reverse-NAT table before lb_rnat2 (an LRU hash), as its
  * layout was. Not pinned by this object: the loader hands in the old
  * pinned map when there is one, for lb_rnat_upgrade to copy, and else
@@ -317,7 +328,8 @@ static __always_inline struct lb_flow_set *lb_flow_set(__u64 h)
 /* lb_flow_find returns the entry of flow k (hash h) in set s, or NULL;
  * a hit refreshes the way's recency. An entry whose check does not match
  * its content is being written by another CPU: a miss. */
-static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h)
+static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h,
+							int *aged)
 {
 	__u32 tag = lb_set_tag(h);
 	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), k, tag);
@@ -326,7 +338,12 @@ static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, c
 	struct lb_flow_ent *e = &s->way[i];
 	if (s->head.check[i] != lb_flow_check(tag, e->backend, e->service))
 		return 0;
-	lb_set_touch(&s->head, i);
+	/* *aged: the set took an insert since this flow's last packet (rare
+	 * for a busy flow: the clock moves only on inserts). */
+	__u32 now = s->head.clock;
+	*aged = s->head.used[i] != now;
+	if (*aged)
+		s->head.used[i] = now;
 	return e;
 }
 
@@ -398,10 +415,14 @@ static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb
 		if (now - s->head.used[i] >= LB_FLOW_WAYS) {
 			count(LB_ST_RNAT_STALE);
 		} else {
-			struct lb_flow_key ok = e->key;
-			struct lb_rnat_val ov = e->val;
-			if (s->head.check[i] == lb_rnat_check(s->head.tag[i], &ov)) {
-				bpf_map_update_elem(&lb_rnat_spill, &ok, &ov, BPF_ANY);
+			__u32 zero = 0;
+			struct lb_rnat_ent *c = bpf_map_lookup_elem(&lb_rnat_scratch, &zero);
+			if (c) {
+				c->key = e->key;
+				c->val = e->val;
+			}
+			if (c && s->head.check[i] == lb_rnat_check(s->head.tag[i], &c->val)) {
+				bpf_map_update_elem(&lb_rnat_spill, &c->key, &c->val, BPF_ANY);
 				if (!s->head.spilled)
 					s->head.spilled = 1;
 				count(LB_ST_RNAT_SPILL);
@@ -530,10 +551,14 @@ static __always_inline int lb_dnat(void *data, void *data_end, struct qbo_pkt *p
 }
 
 /* lb_dsr encapsulates the IP packet in IPIP / IPv6-in-IPv6 to the backend
- * and sends it towards the next hop. */
-static __always_inline int lb_dsr(struct xdp_md *ctx, struct qbo_pkt *pkt,
-				  const struct lb_backend *be)
+ * and sends it towards the next hop. A global function: its FIB lookup
+ * buffer stays out of lb_xdp's stack frame, which lb_record's and
+ * lb_rnat_refresh's frames add to (512 bytes in all); a DSR packet, which
+ * pays a FIB lookup anyway, pays the call. */
+__noinline int lb_dsr(struct xdp_md *ctx, const struct qbo_pkt *pkt, const struct lb_backend *be)
 {
+	if (!ctx || !pkt || !be)
+		return XDP_DROP;
 	if (pkt->l3_off != QBO_ETH_HLEN) {
 		count(LB_ST_DROP_DSR_VLAN);
 		return XDP_DROP;
@@ -725,7 +750,8 @@ static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	k.family = pkt->family;
 	__u64 h = lb_flow_hash(&k);
 	struct lb_flow_set *s = lb_flow_set(h);
-	struct lb_flow_ent *f = s ? lb_flow_find(s, &k, h) : 0;
+	int aged;
+	struct lb_flow_ent *f = s ? lb_flow_find(s, &k, h, &aged) : 0;
 	struct lb_backend *be = f ? lb_backend_get(f->backend) : 0;
 	if (!be) {
 		count(LB_ST_PASS_ICMP_ERR_MISS);
@@ -755,6 +781,40 @@ static __always_inline int lb_pick(__u32 h, const struct lb_svc_val *svc, __u32 
 	return 0;
 }
 
+/* lb_rnat_record writes the reverse-NAT entry of flow k on backend bid
+ * (nothing for a DSR backend). With refresh, an entry already there is
+ * only touched. Non-zero when it wrote one. */
+static __always_inline int lb_rnat_record(const struct lb_flow_key *k, __u32 bid, int refresh)
+{
+	struct lb_backend *be = lb_backend_get(bid);
+	if (!be || (be->flags & LB_BE_DSR))
+		return 0;
+	struct lb_flow_key rk = {};
+	__builtin_memcpy(rk.saddr, be->addr, 16);
+	__builtin_memcpy(rk.daddr, k->saddr, 16);
+	rk.sport = be->port;
+	rk.dport = k->sport;
+	rk.proto = k->proto;
+	rk.family = k->family;
+	struct lb_rnat_val rn = {.vport = k->dport};
+	__builtin_memcpy(rn.vip, k->daddr, 16);
+	__u64 rh = lb_flow_hash(&rk);
+	struct lb_rnat_set *rs = lb_rnat_set(rh);
+	if (!rs)
+		return 0;
+	if (refresh) {
+		/* Present and current (its check is that of this content): touch. */
+		__u32 tag = lb_set_tag(rh);
+		int i = lb_set_find(&rs->head, rs->way, sizeof(rs->way[0]), &rk, tag);
+		if (i >= 0 && rs->head.check[i] == lb_rnat_check(tag, &rn)) {
+			lb_set_touch(&rs->head, i);
+			return 0;
+		}
+	}
+	lb_rnat_insert(rs, &rk, rh, &rn);
+	return 1;
+}
+
 /* lb_record records new flow k (hash h) on backend bid of service sid: in
  * the flow table, and for a NAT backend the reply's reverse-NAT entry.
  *
@@ -770,23 +830,22 @@ __noinline int lb_record(const struct lb_flow_key *k, __u64 h, __u32 bid, __u32 
 		lb_flow_insert(set, k, h, bid, sid);
 	else
 		count(LB_ST_DROP_FLOW_FULL);
-	struct lb_backend *be = lb_backend_get(bid);
-	if (!be || (be->flags & LB_BE_DSR))
-		return 0;
-	struct lb_flow_key rk = {};
-	__builtin_memcpy(rk.saddr, be->addr, 16);
-	__builtin_memcpy(rk.daddr, k->saddr, 16);
-	rk.sport = be->port;
-	rk.dport = k->sport;
-	rk.proto = k->proto;
-	rk.family = k->family;
-	struct lb_rnat_val rn = {.vport = k->dport};
-	__builtin_memcpy(rn.vip, k->daddr, 16);
-	__u64 rh = lb_flow_hash(&rk);
-	struct lb_rnat_set *rs = lb_rnat_set(rh);
-	if (rs)
-		lb_rnat_insert(rs, &rk, rh, &rn);
+	lb_rnat_record(k, bid, 0);
 	return 0;
+}
+
+/* lb_rnat_refresh keeps the reverse-NAT entry of established NAT flow k
+ * (on backend bid) as fresh as its flow entry: called when the flow's set
+ * took inserts since its last packet, it touches the entry, or records it
+ * again if it was dropped (a flow whose client keeps sending while its
+ * replies pause would otherwise lose its translation as stale). A global
+ * function, like lb_record; an established packet pays the call only
+ * then. */
+__noinline int lb_rnat_refresh(const struct lb_flow_key *k, __u32 bid)
+{
+	if (!k)
+		return 0;
+	return lb_rnat_record(k, bid, 1);
 }
 
 /* lb_new_flow balances a flow that the flow table does not hold: service
@@ -865,8 +924,9 @@ static __always_inline int lb_balance(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	 * service and backend. A backend that is gone (not merely draining)
 	 * or now belongs to another service loses its flows: pick again. */
 	be = 0;
+	int aged = 0;
 	struct lb_flow_set *set = lb_flow_set(h);
-	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h) : 0;
+	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h, &aged) : 0;
 	if (f) {
 		bid = f->backend;
 		sid = f->service;
@@ -889,7 +949,11 @@ static __always_inline int lb_balance(struct xdp_md *ctx, struct qbo_pkt *pkt)
 		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
 		count(LB_ST_FRAG_FIRST);
 	}
-	return lb_forward(ctx, pkt, be);
+	int verdict = lb_forward(ctx, pkt, be);
+	/* Last, so that little is live across the call. */
+	if (aged && f)
+		lb_rnat_refresh(&k, bid);
+	return verdict;
 }
 
 SEC("xdp")

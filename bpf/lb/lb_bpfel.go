@@ -161,6 +161,7 @@ const (
 	lbMapLbMaglev       = "lb_maglev"
 	lbMapLbRnat2        = "lb_rnat2"
 	lbMapLbRnatOld      = "lb_rnat_old"
+	lbMapLbRnatScratch  = "lb_rnat_scratch"
 	lbMapLbRnatSpill    = "lb_rnat_spill"
 	lbMapLbStats2       = "lb_stats2"
 	lbMapLbSvc          = "lb_svc"
@@ -232,23 +233,24 @@ type lbProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbMapSpecs struct {
-	LbBackends2 *ebpf.MapSpec `ebpf:"lb_backends2"`
-	LbFlows2    *ebpf.MapSpec `ebpf:"lb_flows2"`
-	LbFrags     *ebpf.MapSpec `ebpf:"lb_frags"`
-	LbMaglev    *ebpf.MapSpec `ebpf:"lb_maglev"`
-	LbRnat2     *ebpf.MapSpec `ebpf:"lb_rnat2"`
-	LbRnatOld   *ebpf.MapSpec `ebpf:"lb_rnat_old"`
-	LbRnatSpill *ebpf.MapSpec `ebpf:"lb_rnat_spill"`
-	LbStats2    *ebpf.MapSpec `ebpf:"lb_stats2"`
-	LbSvc       *ebpf.MapSpec `ebpf:"lb_svc"`
-	LbVipf      *ebpf.MapSpec `ebpf:"lb_vipf"`
-	QboPfCfg    *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
-	QboPfStats  *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
-	QboPfV4     *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
-	QboPfV4Full *ebpf.MapSpec `ebpf:"qbo_pf_v4_full"`
-	QboPfV4Host *ebpf.MapSpec `ebpf:"qbo_pf_v4_host"`
-	QboPfV4Part *ebpf.MapSpec `ebpf:"qbo_pf_v4_part"`
-	QboPfV6     *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
+	LbBackends2   *ebpf.MapSpec `ebpf:"lb_backends2"`
+	LbFlows2      *ebpf.MapSpec `ebpf:"lb_flows2"`
+	LbFrags       *ebpf.MapSpec `ebpf:"lb_frags"`
+	LbMaglev      *ebpf.MapSpec `ebpf:"lb_maglev"`
+	LbRnat2       *ebpf.MapSpec `ebpf:"lb_rnat2"`
+	LbRnatOld     *ebpf.MapSpec `ebpf:"lb_rnat_old"`
+	LbRnatScratch *ebpf.MapSpec `ebpf:"lb_rnat_scratch"`
+	LbRnatSpill   *ebpf.MapSpec `ebpf:"lb_rnat_spill"`
+	LbStats2      *ebpf.MapSpec `ebpf:"lb_stats2"`
+	LbSvc         *ebpf.MapSpec `ebpf:"lb_svc"`
+	LbVipf        *ebpf.MapSpec `ebpf:"lb_vipf"`
+	QboPfCfg      *ebpf.MapSpec `ebpf:"qbo_pf_cfg"`
+	QboPfStats    *ebpf.MapSpec `ebpf:"qbo_pf_stats"`
+	QboPfV4       *ebpf.MapSpec `ebpf:"qbo_pf_v4"`
+	QboPfV4Full   *ebpf.MapSpec `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host   *ebpf.MapSpec `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part   *ebpf.MapSpec `ebpf:"qbo_pf_v4_part"`
+	QboPfV6       *ebpf.MapSpec `ebpf:"qbo_pf_v6"`
 }
 
 // lbVariableSpecs contains global variables before they are loaded into the kernel.
@@ -279,23 +281,24 @@ func (o *lbObjects) Close() error {
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbMaps struct {
-	LbBackends2 *ebpf.Map `ebpf:"lb_backends2"`
-	LbFlows2    *ebpf.Map `ebpf:"lb_flows2"`
-	LbFrags     *ebpf.Map `ebpf:"lb_frags"`
-	LbMaglev    *ebpf.Map `ebpf:"lb_maglev"`
-	LbRnat2     *ebpf.Map `ebpf:"lb_rnat2"`
-	LbRnatOld   *ebpf.Map `ebpf:"lb_rnat_old"`
-	LbRnatSpill *ebpf.Map `ebpf:"lb_rnat_spill"`
-	LbStats2    *ebpf.Map `ebpf:"lb_stats2"`
-	LbSvc       *ebpf.Map `ebpf:"lb_svc"`
-	LbVipf      *ebpf.Map `ebpf:"lb_vipf"`
-	QboPfCfg    *ebpf.Map `ebpf:"qbo_pf_cfg"`
-	QboPfStats  *ebpf.Map `ebpf:"qbo_pf_stats"`
-	QboPfV4     *ebpf.Map `ebpf:"qbo_pf_v4"`
-	QboPfV4Full *ebpf.Map `ebpf:"qbo_pf_v4_full"`
-	QboPfV4Host *ebpf.Map `ebpf:"qbo_pf_v4_host"`
-	QboPfV4Part *ebpf.Map `ebpf:"qbo_pf_v4_part"`
-	QboPfV6     *ebpf.Map `ebpf:"qbo_pf_v6"`
+	LbBackends2   *ebpf.Map `ebpf:"lb_backends2"`
+	LbFlows2      *ebpf.Map `ebpf:"lb_flows2"`
+	LbFrags       *ebpf.Map `ebpf:"lb_frags"`
+	LbMaglev      *ebpf.Map `ebpf:"lb_maglev"`
+	LbRnat2       *ebpf.Map `ebpf:"lb_rnat2"`
+	LbRnatOld     *ebpf.Map `ebpf:"lb_rnat_old"`
+	LbRnatScratch *ebpf.Map `ebpf:"lb_rnat_scratch"`
+	LbRnatSpill   *ebpf.Map `ebpf:"lb_rnat_spill"`
+	LbStats2      *ebpf.Map `ebpf:"lb_stats2"`
+	LbSvc         *ebpf.Map `ebpf:"lb_svc"`
+	LbVipf        *ebpf.Map `ebpf:"lb_vipf"`
+	QboPfCfg      *ebpf.Map `ebpf:"qbo_pf_cfg"`
+	QboPfStats    *ebpf.Map `ebpf:"qbo_pf_stats"`
+	QboPfV4       *ebpf.Map `ebpf:"qbo_pf_v4"`
+	QboPfV4Full   *ebpf.Map `ebpf:"qbo_pf_v4_full"`
+	QboPfV4Host   *ebpf.Map `ebpf:"qbo_pf_v4_host"`
+	QboPfV4Part   *ebpf.Map `ebpf:"qbo_pf_v4_part"`
+	QboPfV6       *ebpf.Map `ebpf:"qbo_pf_v6"`
 }
 
 func (m *lbMaps) Close() error {
@@ -306,6 +309,7 @@ func (m *lbMaps) Close() error {
 		m.LbMaglev,
 		m.LbRnat2,
 		m.LbRnatOld,
+		m.LbRnatScratch,
 		m.LbRnatSpill,
 		m.LbStats2,
 		m.LbSvc,
