@@ -100,14 +100,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_rnat_spill SEC(".maps");
 
-/* lb_rnat_scratch holds the copy of a reverse-NAT entry on its way to
- * lb_rnat_spill: a per-CPU buffer instead of the stack, whose 512 bytes
- * lb_xdp and the global functions it calls share. */
+/* lb_rnat_scratch: a reverse-NAT entry on its way to lb_rnat_spill, and
+ * the key of its flow. A per-CPU buffer instead of the stack, whose 512
+ * bytes lb_xdp and lb_record share. */
+struct lb_rnat_scratch {
+	struct lb_rnat_ent ent;
+	struct lb_flow_key fwd;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct lb_rnat_ent);
+	__type(value, struct lb_rnat_scratch);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_rnat_scratch SEC(".maps");
 
@@ -328,8 +333,7 @@ static __always_inline struct lb_flow_set *lb_flow_set(__u64 h)
 /* lb_flow_find returns the entry of flow k (hash h) in set s, or NULL;
  * a hit refreshes the way's recency. An entry whose check does not match
  * its content is being written by another CPU: a miss. */
-static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h,
-							int *aged)
+static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h)
 {
 	__u32 tag = lb_set_tag(h);
 	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), k, tag);
@@ -338,12 +342,15 @@ static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, c
 	struct lb_flow_ent *e = &s->way[i];
 	if (s->head.check[i] != lb_flow_check(tag, e->backend, e->service))
 		return 0;
-	/* *aged: the set took an insert since this flow's last packet (rare
-	 * for a busy flow: the clock moves only on inserts). */
+	/* The touch, and (only when the set took an insert since this flow's
+	 * last packet, rare for a busy flow) the mark that the flow outlived
+	 * an insert, which lb_rnat_insert reads. */
 	__u32 now = s->head.clock;
-	*aged = s->head.used[i] != now;
-	if (*aged)
+	if (s->head.used[i] != now) {
 		s->head.used[i] = now;
+		if (!(s->head.hit & (1U << i)))
+			s->head.hit |= 1U << i;
+	}
 	return e;
 }
 
@@ -356,6 +363,8 @@ static __always_inline void lb_flow_insert(struct lb_flow_set *s, const struct l
 	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
 	struct lb_flow_ent *e = &s->way[i];
 	lb_set_open(&s->head, i);
+	if (s->head.hit & (1U << i))
+		s->head.hit &= ~(1U << i);
 	e->key = *k;
 	e->backend = backend;
 	e->service = service;
@@ -393,17 +402,43 @@ static __always_inline int lb_rnat_find(struct lb_rnat_set *s, const struct lb_f
 	return 1;
 }
 
+/* lb_rnat_fwd_live reports whether the flow of reverse-NAT entry c->ent
+ * is still in the flow table and has had a packet after an insert into
+ * its set (so it is not merely a flow seen once). */
+static __always_inline int lb_rnat_fwd_live(struct lb_rnat_scratch *c)
+{
+	struct lb_flow_key *f = &c->fwd;
+	__builtin_memset(f, 0, sizeof(*f));
+	__builtin_memcpy(f->saddr, c->ent.key.daddr, 16);
+	__builtin_memcpy(f->daddr, c->ent.val.vip, 16);
+	f->sport = c->ent.key.dport;
+	f->dport = c->ent.val.vport;
+	f->proto = c->ent.key.proto;
+	f->family = c->ent.key.family;
+	__u64 h = lb_flow_hash(f);
+	struct lb_flow_set *s = lb_flow_set(h);
+	if (!s)
+		return 0;
+	__u32 tag = lb_set_tag(h);
+	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), f, tag);
+	if (i < 0)
+		return 0;
+	return (s->head.hit >> i) & 1;
+}
+
 /* lb_rnat_insert records reply k -> v in set s; non-zero when it took the
  * way of another reply. A set-associative table alone would drop a live
  * NAT flow's translation whenever a fifth flow lands in its set, long
  * before the table is full; so a victim that is still in use moves to
  * lb_rnat_spill first, and the set is marked so that lb_revnat looks there
- * on a miss. "In use": touched since the set's last LB_FLOW_WAYS inserts.
- * A victim that a whole set's worth of newer entries has outlived is what
- * an LRU of the table's size would evict by now (a set sees 1/sets of the
- * inserts, so LB_FLOW_WAYS of them stand for about the table's capacity);
- * it is dropped (counted as stale), which keeps flow churn beyond the
- * table's size from paying a hash-map insert per new flow. */
+ * on a miss. In use: touched since the set's last LB_FLOW_WAYS inserts,
+ * or its flow is in the flow table and has had packets after an insert
+ * into its set (a client that keeps sending while the replies pause).
+ * Otherwise the victim has been outlived by a whole set's worth of newer
+ * entries, which stands for about the table's capacity of inserts (a set
+ * sees 1/sets of them): what an LRU of the table's size would have evicted
+ * by now. It is dropped (counted as stale), so that flow churn beyond the
+ * table's size does not pay a hash-map insert per new flow. */
 static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb_flow_key *k, __u64 h,
 					  const struct lb_rnat_val *v)
 {
@@ -411,21 +446,19 @@ static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb
 	int other;
 	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
 	struct lb_rnat_ent *e = &s->way[i];
-	if (other) {
-		if (now - s->head.used[i] >= LB_FLOW_WAYS) {
-			count(LB_ST_RNAT_STALE);
-		} else {
-			__u32 zero = 0;
-			struct lb_rnat_ent *c = bpf_map_lookup_elem(&lb_rnat_scratch, &zero);
-			if (c) {
-				c->key = e->key;
-				c->val = e->val;
-			}
-			if (c && s->head.check[i] == lb_rnat_check(s->head.tag[i], &c->val)) {
-				bpf_map_update_elem(&lb_rnat_spill, &c->key, &c->val, BPF_ANY);
+	__u32 zero = 0;
+	struct lb_rnat_scratch *c = other ? bpf_map_lookup_elem(&lb_rnat_scratch, &zero) : 0;
+	if (c) {
+		c->ent = *e;
+		/* Intact (not half written by another CPU), and in use. */
+		if (s->head.check[i] == lb_rnat_check(s->head.tag[i], &c->ent.val)) {
+			if (now - s->head.used[i] < LB_FLOW_WAYS || lb_rnat_fwd_live(c)) {
+				bpf_map_update_elem(&lb_rnat_spill, &c->ent.key, &c->ent.val, BPF_ANY);
 				if (!s->head.spilled)
 					s->head.spilled = 1;
 				count(LB_ST_RNAT_SPILL);
+			} else {
+				count(LB_ST_RNAT_STALE);
 			}
 		}
 	}
@@ -551,14 +584,10 @@ static __always_inline int lb_dnat(void *data, void *data_end, struct qbo_pkt *p
 }
 
 /* lb_dsr encapsulates the IP packet in IPIP / IPv6-in-IPv6 to the backend
- * and sends it towards the next hop. A global function: its FIB lookup
- * buffer stays out of lb_xdp's stack frame, which lb_record's and
- * lb_rnat_refresh's frames add to (512 bytes in all); a DSR packet, which
- * pays a FIB lookup anyway, pays the call. */
-__noinline int lb_dsr(struct xdp_md *ctx, const struct qbo_pkt *pkt, const struct lb_backend *be)
+ * and sends it towards the next hop. */
+static __always_inline int lb_dsr(struct xdp_md *ctx, struct qbo_pkt *pkt,
+				  const struct lb_backend *be)
 {
-	if (!ctx || !pkt || !be)
-		return XDP_DROP;
 	if (pkt->l3_off != QBO_ETH_HLEN) {
 		count(LB_ST_DROP_DSR_VLAN);
 		return XDP_DROP;
@@ -750,8 +779,7 @@ static __always_inline int lb_icmp_err(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	k.family = pkt->family;
 	__u64 h = lb_flow_hash(&k);
 	struct lb_flow_set *s = lb_flow_set(h);
-	int aged;
-	struct lb_flow_ent *f = s ? lb_flow_find(s, &k, h, &aged) : 0;
+	struct lb_flow_ent *f = s ? lb_flow_find(s, &k, h) : 0;
 	struct lb_backend *be = f ? lb_backend_get(f->backend) : 0;
 	if (!be) {
 		count(LB_ST_PASS_ICMP_ERR_MISS);
@@ -781,40 +809,6 @@ static __always_inline int lb_pick(__u32 h, const struct lb_svc_val *svc, __u32 
 	return 0;
 }
 
-/* lb_rnat_record writes the reverse-NAT entry of flow k on backend bid
- * (nothing for a DSR backend). With refresh, an entry already there is
- * only touched. Non-zero when it wrote one. */
-static __always_inline int lb_rnat_record(const struct lb_flow_key *k, __u32 bid, int refresh)
-{
-	struct lb_backend *be = lb_backend_get(bid);
-	if (!be || (be->flags & LB_BE_DSR))
-		return 0;
-	struct lb_flow_key rk = {};
-	__builtin_memcpy(rk.saddr, be->addr, 16);
-	__builtin_memcpy(rk.daddr, k->saddr, 16);
-	rk.sport = be->port;
-	rk.dport = k->sport;
-	rk.proto = k->proto;
-	rk.family = k->family;
-	struct lb_rnat_val rn = {.vport = k->dport};
-	__builtin_memcpy(rn.vip, k->daddr, 16);
-	__u64 rh = lb_flow_hash(&rk);
-	struct lb_rnat_set *rs = lb_rnat_set(rh);
-	if (!rs)
-		return 0;
-	if (refresh) {
-		/* Present and current (its check is that of this content): touch. */
-		__u32 tag = lb_set_tag(rh);
-		int i = lb_set_find(&rs->head, rs->way, sizeof(rs->way[0]), &rk, tag);
-		if (i >= 0 && rs->head.check[i] == lb_rnat_check(tag, &rn)) {
-			lb_set_touch(&rs->head, i);
-			return 0;
-		}
-	}
-	lb_rnat_insert(rs, &rk, rh, &rn);
-	return 1;
-}
-
 /* lb_record records new flow k (hash h) on backend bid of service sid: in
  * the flow table, and for a NAT backend the reply's reverse-NAT entry.
  *
@@ -830,22 +824,23 @@ __noinline int lb_record(const struct lb_flow_key *k, __u64 h, __u32 bid, __u32 
 		lb_flow_insert(set, k, h, bid, sid);
 	else
 		count(LB_ST_DROP_FLOW_FULL);
-	lb_rnat_record(k, bid, 0);
-	return 0;
-}
-
-/* lb_rnat_refresh keeps the reverse-NAT entry of established NAT flow k
- * (on backend bid) as fresh as its flow entry: called when the flow's set
- * took inserts since its last packet, it touches the entry, or records it
- * again if it was dropped (a flow whose client keeps sending while its
- * replies pause would otherwise lose its translation as stale). A global
- * function, like lb_record; an established packet pays the call only
- * then. */
-__noinline int lb_rnat_refresh(const struct lb_flow_key *k, __u32 bid)
-{
-	if (!k)
+	struct lb_backend *be = lb_backend_get(bid);
+	if (!be || (be->flags & LB_BE_DSR))
 		return 0;
-	return lb_rnat_record(k, bid, 1);
+	struct lb_flow_key rk = {};
+	__builtin_memcpy(rk.saddr, be->addr, 16);
+	__builtin_memcpy(rk.daddr, k->saddr, 16);
+	rk.sport = be->port;
+	rk.dport = k->sport;
+	rk.proto = k->proto;
+	rk.family = k->family;
+	struct lb_rnat_val rn = {.vport = k->dport};
+	__builtin_memcpy(rn.vip, k->daddr, 16);
+	__u64 rh = lb_flow_hash(&rk);
+	struct lb_rnat_set *rs = lb_rnat_set(rh);
+	if (rs)
+		lb_rnat_insert(rs, &rk, rh, &rn);
+	return 0;
 }
 
 /* lb_new_flow balances a flow that the flow table does not hold: service
@@ -924,9 +919,8 @@ static __always_inline int lb_balance(struct xdp_md *ctx, struct qbo_pkt *pkt)
 	 * service and backend. A backend that is gone (not merely draining)
 	 * or now belongs to another service loses its flows: pick again. */
 	be = 0;
-	int aged = 0;
 	struct lb_flow_set *set = lb_flow_set(h);
-	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h, &aged) : 0;
+	struct lb_flow_ent *f = set ? lb_flow_find(set, &k, h) : 0;
 	if (f) {
 		bid = f->backend;
 		sid = f->service;
@@ -949,11 +943,7 @@ static __always_inline int lb_balance(struct xdp_md *ctx, struct qbo_pkt *pkt)
 		bpf_map_update_elem(&lb_frags, &fk, &fv, BPF_ANY);
 		count(LB_ST_FRAG_FIRST);
 	}
-	int verdict = lb_forward(ctx, pkt, be);
-	/* Last, so that little is live across the call. */
-	if (aged && f)
-		lb_rnat_refresh(&k, bid);
-	return verdict;
+	return lb_forward(ctx, pkt, be);
 }
 
 SEC("xdp")

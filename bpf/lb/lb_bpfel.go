@@ -70,6 +70,12 @@ type lbLbRnatEnt struct {
 	_   [4]byte
 }
 
+type lbLbRnatScratch struct {
+	_   structs.HostLayout
+	Ent lbLbRnatEnt
+	Fwd lbLbFlowKey
+}
+
 type lbLbRnatSet struct {
 	_    structs.HostLayout
 	Head lbLbSetHead
@@ -98,7 +104,8 @@ type lbLbSetHead struct {
 	Used    [4]uint32
 	Clock   uint32
 	Spilled uint32
-	Pad     [2]uint32
+	Hit     uint32
+	Pad     uint32
 }
 
 type lbLbStatVal struct {
