@@ -98,7 +98,7 @@ struct lb_set_head {
 	__u32 used[LB_FLOW_WAYS];  /* the set's clock when the way was last used */
 	__u32 clock;               /* advanced on every insert into the set */
 	__u32 spilled;             /* lb_rnat2: a way's entry was moved to lb_rnat_spill */
-	__u32 hit;                 /* lb_flows2: bit i, way i's flow had a packet after an insert into the set */
+	__u32 hit;                 /* bit i: way i was used after an insert into the set */
 	__u32 pad;
 };
 

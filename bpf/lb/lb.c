@@ -264,12 +264,18 @@ static __always_inline int lb_set_find(const struct lb_set_head *s, const void *
 	return -1;
 }
 
-/* lb_set_touch makes way i the set's most recently used. */
+/* lb_set_touch makes way i the set's most recently used. The store (and
+ * the hit bit: the way's entry was used after an insert into its set,
+ * which lb_rnat_insert reads of flows) happens only when the set took an
+ * insert since the way's last use, rare for a busy flow. */
 static __always_inline void lb_set_touch(struct lb_set_head *s, int i)
 {
 	__u32 now = s->clock;
-	if (s->used[i] != now)
+	if (s->used[i] != now) {
 		s->used[i] = now;
+		if (!(s->hit & (1U << i)))
+			s->hit |= 1U << i;
+	}
 }
 
 /* lb_set_victim chooses the way for key k: its own (a rewrite), else an
@@ -306,6 +312,8 @@ static __always_inline int lb_set_victim(struct lb_set_head *s, const void *ways
 static __always_inline void lb_set_open(struct lb_set_head *s, int i)
 {
 	s->tag[i] = 0;
+	if (s->hit & (1U << i))
+		s->hit &= ~(1U << i);
 	asm volatile("" ::: "memory");
 }
 
@@ -342,15 +350,7 @@ static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, c
 	struct lb_flow_ent *e = &s->way[i];
 	if (s->head.check[i] != lb_flow_check(tag, e->backend, e->service))
 		return 0;
-	/* The touch, and (only when the set took an insert since this flow's
-	 * last packet, rare for a busy flow) the mark that the flow outlived
-	 * an insert, which lb_rnat_insert reads. */
-	__u32 now = s->head.clock;
-	if (s->head.used[i] != now) {
-		s->head.used[i] = now;
-		if (!(s->head.hit & (1U << i)))
-			s->head.hit |= 1U << i;
-	}
+	lb_set_touch(&s->head, i);
 	return e;
 }
 
@@ -363,8 +363,6 @@ static __always_inline void lb_flow_insert(struct lb_flow_set *s, const struct l
 	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
 	struct lb_flow_ent *e = &s->way[i];
 	lb_set_open(&s->head, i);
-	if (s->head.hit & (1U << i))
-		s->head.hit &= ~(1U << i);
 	e->key = *k;
 	e->backend = backend;
 	e->service = service;

@@ -80,10 +80,6 @@ func Load(opts Options) (*Objects, error) {
 		o.Close()
 		return nil, err
 	}
-	if err := o.adoptStats(); err != nil {
-		o.Close()
-		return nil, err
-	}
 	return o, nil
 }
 
@@ -95,10 +91,6 @@ func LoadUnattached(opts Options) (*Objects, error) {
 		return nil, err
 	}
 	if err := o.finishUpgrade(); err != nil {
-		o.Close()
-		return nil, err
-	}
-	if err := o.adoptStats(); err != nil {
 		o.Close()
 		return nil, err
 	}
@@ -202,9 +194,19 @@ func (o *Objects) copyRevNAT() error {
 	return nil
 }
 
-// finishUpgrade copies lb_rnat (again), removes its pin (the old programs,
-// detached by now, were its last users) and releases the upgrade program.
+// finishUpgrade takes over what an older qbo left pinned, once the old
+// programs (detached by now) no longer write to it: lb_rnat (finishRevNAT)
+// and lb_stats (adoptStats).
 func (o *Objects) finishUpgrade() error {
+	if err := o.finishRevNAT(); err != nil {
+		return err
+	}
+	return o.adoptStats()
+}
+
+// finishRevNAT copies lb_rnat (again), removes its pin and releases the
+// upgrade program.
+func (o *Objects) finishRevNAT() error {
 	if o.objs.LbRnatUpgrade == nil {
 		return nil
 	}
@@ -220,8 +222,7 @@ func (o *Objects) finishUpgrade() error {
 
 // adoptStats adds the counters of lb_stats, the counter map of an older
 // qbo (sized by its number of counters, so it could not be reused once one
-// was added), into lb_stats2, and removes its pin. Called after attaching,
-// when the old programs no longer count into it.
+// was added), into lb_stats2, and removes its pin.
 func (o *Objects) adoptStats() error {
 	path := filepath.Join(o.pinDir, "lb_stats")
 	old, err := ebpf.LoadPinnedMap(path, nil)
