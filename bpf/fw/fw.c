@@ -31,8 +31,13 @@
  * later fragments (which carry no ports) follow it.
  *
  * Cost: no hash-map lookup and no function call on the path of an
- * established packet, and one call (fw_search) on the path of a new one;
- * see fw_tss4_get for why calls matter on this CPU.
+ * established packet, nor on the path of a new IPv4 packet whose scope
+ * has at most two tuples worth searching (fw_classify probes those
+ * inline); longer walks and IPv6 make one call (fw_search). See
+ * fw_tss4_get for why calls matter on this CPU. The parse and the
+ * classified fields live in a per-CPU scratch value (fw_scratch), not on
+ * the stack: that leaves room in the 512-byte stack for fw_search's
+ * frame, and the verifier tracks less.
  *
  * Maps whose layout or meaning changed carry a version suffix (_v2: the
  * tuple scheme, _v3: the array tables), so that an upgraded object never
@@ -253,6 +258,15 @@ struct fw_frag_val {
 	__u32 slot;
 };
 
+/* The header fields classification looks at. */
+struct fw_fields {
+	__u8 family;
+	__u8 proto; /* ICMPv6 is ICMP */
+	__be16 dport; /* 0 when the packet has no ports */
+	__be32 saddr[4];
+	__be32 daddr[4];
+};
+
 struct fw_rate {
 	__u64 window_ns;
 	__u64 count;
@@ -391,6 +405,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } fw_ratelimit SEC(".maps");
 
+/* A packet's parse and the fields it is classified by, per CPU: kept
+ * here rather than on the stack, whose 512 bytes fw_judge's spills and
+ * fw_search's frame share. */
+struct fw_scratch {
+	struct qbo_pkt pkt;
+	struct fw_fields f;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct fw_scratch);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fw_scratch SEC(".maps");
+
 /* Per-CPU counters are only written by programs on their CPU, with
  * migration disabled: a plain add is enough, and unlike an atomic one it
  * costs no locked instruction on every packet. */
@@ -479,7 +509,8 @@ static __always_inline __u32 fw_tss6_bucket_pos(const struct fw_tss6_bucket *b, 
  * Lookups are inlined: on this CPU (AMD, "Safe RET" against speculative
  * return stack overflow) every return costs several ns, so a BPF-to-BPF
  * call or a helper the verifier does not inline is the most expensive
- * thing a program can do (see fw_search for the one call there is). */
+ * thing a program can do (see fw_classify and fw_search for the one call
+ * a new flow may make). */
 static __always_inline __u32 fw_tss4_get(__u64 w0, __u64 w1, __u32 gen, __u64 seed)
 {
 	__u64 h = fw_fold((w0 ^ seed) * 0x9e3779b97f4a7c15ULL ^ w1 * 0xc2b2ae3d27d4eb4fULL);
@@ -627,57 +658,66 @@ static __always_inline void fw_ct_insert(struct fw_ct_set *s, const __u64 *x, __
 	s->tag[victim] = tag;
 }
 
-/* The header fields classification looks at. */
-struct fw_fields {
-	__u8 family;
-	__u8 proto; /* ICMPv6 is ICMP */
-	__be16 dport; /* 0 when the packet has no ports */
-	__be32 saddr[4];
-	__be32 daddr[4];
-};
-
 enum fw_class {
 	FW_CLASS_UNATTACHED = 0,
 	FW_CLASS_DEFAULT = 1,
 	FW_CLASS_RULE = 2,
 };
 
-/* fw_search4/6 walk a scope's search list and return the lowest rule
- * position any tuple's entry gives, or FW_NO_RULE. The list is sorted by
- * each tuple's best position, so once that is not below the best found
- * no later tuple can improve on it. */
-static __always_inline __u32 fw_search4(struct fw_scope_val *sc, struct fw_fields *f, __u32 gen, __u64 seed)
+/* fw_index is i as an index into a search list, computed afresh: the
+ * walk may start at any tuple, and a pointer the compiler advanced from
+ * one iteration to the next would lose its bounds to the verifier. */
+static __always_inline __u32 fw_index(__u32 i)
 {
-	__u32 best = FW_NO_RULE;
+	asm volatile("" : "+r"(i));
+	return i & (FW_MAX_TUPLES - 1);
+}
+
+/* fw_probe4 returns the position tuple t gives the fields (src, dst,
+ * port, proto), or FW_NO_RULE. */
+static __always_inline __u32 fw_probe4(const struct fw_tuple4 *t, __u64 src, __u64 dst, __u64 port, __u64 proto,
+				       __u32 gen, __u64 seed)
+{
+	/* fw_key4's words: hdr | src << 32, dst | port << 32 | proto << 48. */
+	__u64 w0 = t->hdr | (src & t->smask) << 32;
+	__u64 w1 = (dst & t->dmask) | (port & t->pmask) << 32 | (proto & t->protomask) << 48;
+	return fw_tss4_get(w0, w1, gen, seed);
+}
+
+/* fw_search4/6 walk a scope's search list from tuple `from` on and
+ * return the lowest rule position any tuple's entry gives, or best if
+ * none is lower. The list is sorted by each tuple's best position, so
+ * once that is not below the best found no later tuple can improve on
+ * it. */
+static __always_inline __u32 fw_search4(struct fw_scope_val *sc, struct fw_fields *f, __u32 gen, __u64 seed,
+					__u32 from, __u32 best)
+{
 	__u32 n = sc->n4;
 	__u64 src = f->saddr[0], dst = f->daddr[0], port = f->dport, proto = f->proto;
 
-	for (__u32 i = 0; i < FW_MAX_TUPLES; i++) {
+	for (__u32 i = from; i < FW_MAX_TUPLES; i++) {
 		if (i >= n)
 			break;
-		struct fw_tuple4 *t = &sc->t4[i];
+		struct fw_tuple4 *t = &sc->t4[fw_index(i)];
 		if (t->best >= best)
 			break;
-		/* fw_key4's words: hdr | src << 32, dst | port << 32 | proto << 48. */
-		__u64 w0 = t->hdr | (src & t->smask) << 32;
-		__u64 w1 = (dst & t->dmask) | (port & t->pmask) << 32 | (proto & t->protomask) << 48;
-		__u32 pos = fw_tss4_get(w0, w1, gen, seed);
+		__u32 pos = fw_probe4(t, src, dst, port, proto, gen, seed);
 		if (pos < best)
 			best = pos;
 	}
 	return best;
 }
 
-static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_fields *f, __u32 gen, __u64 seed)
+static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_fields *f, __u32 gen, __u64 seed,
+					__u32 from, __u32 best)
 {
 	__u64 k[5];
-	__u32 best = FW_NO_RULE;
 	__u32 n = sc->n6;
 
-	for (__u32 i = 0; i < FW_MAX_TUPLES; i++) {
+	for (__u32 i = from; i < FW_MAX_TUPLES; i++) {
 		if (i >= n)
 			break;
-		struct fw_tuple6 *t = &sc->t6[i];
+		struct fw_tuple6 *t = &sc->t6[fw_index(i)];
 		if (t->best >= best)
 			break;
 		__u64 s[4], d[4];
@@ -698,20 +738,23 @@ static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_field
 	return best;
 }
 
-/* fw_search returns the best rule position for f in scope si, or
- * FW_NO_RULE. It is the one function call on the path of a packet that
- * is classified (established packets make none): a global function is
- * verified once, on its own, whereas inlined, the tuple walk would be
- * verified again for every distinct state the parser and the connection
- * lookup leave, more than the verifier allows. */
-__attribute__((noinline)) __u32 fw_search(struct fw_fields *f, __u32 si, __u32 gen, __u64 seed)
+/* fw_search returns the best rule position for f in scope si, walking
+ * its search list from tuple (from & (FW_MAX_TUPLES - 1)) on, or
+ * (from >> 32) if no tuple there gives a lower one. It is the one
+ * function call a classified packet may make: for IPv6, and for IPv4
+ * once the two tuples fw_classify probes inline leave more to search. A
+ * global function is verified once, on its own, whereas inlined, the
+ * whole walk would be verified again for every distinct state the parser
+ * and the connection lookup leave, more than the verifier allows. */
+__attribute__((noinline)) __u32 fw_search(struct fw_fields *f, __u32 si, __u32 gen, __u64 seed, __u64 from)
 {
 	if (!f) /* a global function's pointer may be NULL to the verifier */
 		return FW_NO_RULE;
 	struct fw_scope_val *sc = bpf_map_lookup_elem(&fw_scopes_v3, &si);
 	if (!sc)
 		return FW_NO_RULE;
-	return f->family == 4 ? fw_search4(sc, f, gen, seed) : fw_search6(sc, f, gen, seed);
+	__u32 start = from & (FW_MAX_TUPLES - 1), best = from >> 32;
+	return f->family == 4 ? fw_search4(sc, f, gen, seed, start, best) : fw_search6(sc, f, gen, seed, start, best);
 }
 
 /* fw_ifslot_hi returns the slot + 1 of a large ifindex (0: not
@@ -750,7 +793,26 @@ static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u
 	out->slot = FW_SLOT_DEFAULT;
 	out->log = 0;
 
-	__u32 best = fw_search(f, si, gen, seed);
+	/* An IPv4 scope's first tuples are searched here, inlined: a call
+	 * costs more on this CPU than a tuple's probe (see fw_tss4_get), and
+	 * most scopes have few tuples, or find the deciding rule in their
+	 * first ones (the list is sorted by best position). */
+	__u32 best = FW_NO_RULE;
+	if (f->family == 4) {
+		__u32 n = sc->n4;
+		__u64 src = f->saddr[0], dst = f->daddr[0], port = f->dport, proto = f->proto;
+		if (n > 0)
+			best = fw_probe4(&sc->t4[0], src, dst, port, proto, gen, seed);
+		if (n > 1 && sc->t4[1].best < best) {
+			__u32 pos = fw_probe4(&sc->t4[1], src, dst, port, proto, gen, seed);
+			if (pos < best)
+				best = pos;
+			if (n > 2 && sc->t4[2].best < best)
+				best = fw_search(f, si, gen, seed, (__u64)best << 32 | 2);
+		}
+	} else {
+		best = fw_search(f, si, gen, seed, (__u64)FW_NO_RULE << 32);
+	}
 	if (best >= FW_MAX_RULES)
 		return FW_CLASS_DEFAULT;
 	__u32 ri = gen * FW_MAX_RULES + best;
@@ -872,9 +934,13 @@ static __always_inline __u8 fw_ct_fill(__u64 *k, __u32 ifindex, __u8 family, __u
  * the rule's byte counter. It returns FW_TCX_NEXT or FW_TCX_DROP. */
 static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, __u32 len, __u32 hook)
 {
-	struct qbo_pkt pkt;
+	__u32 zero = 0;
+	struct fw_scratch *scr = bpf_map_lookup_elem(&fw_scratch, &zero);
+	if (!scr)
+		return FW_TCX_NEXT;
+	struct qbo_pkt *pkt = &scr->pkt;
 
-	switch (qbo_parse(data, data_end, &pkt)) {
+	switch (qbo_parse(data, data_end, pkt)) {
 	case QBO_PARSE_OK:
 		break;
 	case QBO_PARSE_NOT_IP:
@@ -889,7 +955,6 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 		return fw_count(FW_ST_TRUNCATED, FW_TCX_DROP);
 	}
 
-	__u32 zero = 0;
 	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg_v3, &zero);
 	if (!cfg)
 		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
@@ -899,9 +964,9 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	__u32 reeval = cfg->reevaluate;
 	__u64 seed = cfg->seed;
 
-	if (pkt.flags & QBO_PKT_FRAG_LATER) {
+	if (pkt->flags & QBO_PKT_FRAG_LATER) {
 		struct fw_frag_key fk;
-		fw_frag_key(&fk, ifindex, &pkt);
+		fw_frag_key(&fk, ifindex, pkt);
 		struct fw_frag_val *fv = bpf_map_lookup_elem(&fw_frags, &fk);
 		if (!fv)
 			return fw_count(FW_ST_FRAG_ORPHAN, FW_TCX_DROP);
@@ -913,17 +978,17 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 
 	__u64 ck[6];
 
-	if (pkt.flags & QBO_PKT_ICMP_ERR) {
+	if (pkt->flags & QBO_PKT_ICMP_ERR) {
 		/* The quoted packet is a flow's packet (either direction). */
-		fw_ct_fill(ck, ifindex, pkt.family, pkt.inner.proto, pkt.inner.saddr, pkt.inner.sport,
-			   pkt.inner.daddr, pkt.inner.dport);
+		fw_ct_fill(ck, ifindex, pkt->family, pkt->inner.proto, pkt->inner.saddr, pkt->inner.sport,
+			   pkt->inner.daddr, pkt->inner.dport);
 		__u64 ih = fw_ct_hash(ck);
 		struct fw_ct_set *is = fw_ct_set(ih);
 		if (is && fw_ct_find(is, ck, ih))
 			return fw_count(FW_ST_ICMP_RELATED, FW_TCX_NEXT);
 	}
 
-	__u8 from_b = fw_ct_fill(ck, ifindex, pkt.family, pkt.proto, pkt.saddr, pkt.sport, pkt.daddr, pkt.dport);
+	__u8 from_b = fw_ct_fill(ck, ifindex, pkt->family, pkt->proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport);
 	__u64 ch = fw_ct_hash(ck);
 	struct fw_ct_set *cs = fw_ct_set(ch);
 	if (!cs)
@@ -931,34 +996,34 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	__u64 hit = fw_ct_find(cs, ck, ch);
 	int reply = hit && ((hit >> 40) & 1) != from_b;
 	if (hit && (!reeval || (__u32)hit == generation)) {
-		fw_frag_allow(ifindex, &pkt);
+		fw_frag_allow(ifindex, pkt);
 		return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
 	}
 
 	/* A new flow, or a tracked one to judge again by a newer rule set
 	 * (as its first direction was judged, at the hook it was seen). */
-	struct fw_fields f = {.family = pkt.family, .proto = pkt.proto};
-	if (f.proto == QBO_IPPROTO_ICMPV6)
-		f.proto = QBO_IPPROTO_ICMP;
+	struct fw_fields *f = &scr->f;
+	f->family = pkt->family;
+	f->proto = pkt->proto == QBO_IPPROTO_ICMPV6 ? QBO_IPPROTO_ICMP : pkt->proto;
 	__u32 class_hook = hook;
 	if (reply) {
-		__builtin_memcpy(f.saddr, pkt.daddr, 16);
-		__builtin_memcpy(f.daddr, pkt.saddr, 16);
-		f.dport = pkt.sport;
+		__builtin_memcpy(f->saddr, pkt->daddr, 16);
+		__builtin_memcpy(f->daddr, pkt->saddr, 16);
+		f->dport = pkt->sport;
 	} else {
-		__builtin_memcpy(f.saddr, pkt.saddr, 16);
-		__builtin_memcpy(f.daddr, pkt.daddr, 16);
-		f.dport = (pkt.flags & QBO_PKT_PORTS) ? pkt.dport : 0;
+		__builtin_memcpy(f->saddr, pkt->saddr, 16);
+		__builtin_memcpy(f->daddr, pkt->daddr, 16);
+		f->dport = (pkt->flags & QBO_PKT_PORTS) ? pkt->dport : 0;
 	}
 	if (hit)
 		class_hook = (hit >> 32) & 1;
 	struct fw_rule r;
-	int class = fw_classify(gen, seed, ifindex, class_hook, &f, &r);
+	int class = fw_classify(gen, seed, ifindex, class_hook, f, &r);
 
 	if (hit) {
 		if (class == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
 			fw_ct_update(cs, ck, ch, generation, 0);
-			fw_frag_allow(ifindex, &pkt);
+			fw_frag_allow(ifindex, pkt);
 			return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
 		}
 		fw_ct_update(cs, ck, ch, 0, 1);
@@ -970,10 +1035,10 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	fw_count_rule(r.slot, len);
 
-	if (pkt.flags & QBO_PKT_FRAG) {
+	if (pkt->flags & QBO_PKT_FRAG) {
 		struct fw_frag_key fk;
 		struct fw_frag_val fv = {.action = r.action, .slot = r.slot};
-		fw_frag_key(&fk, ifindex, &pkt);
+		fw_frag_key(&fk, ifindex, pkt);
 		bpf_map_update_elem(&fw_frags, &fk, &fv, BPF_ANY);
 	}
 	if (r.action == FW_ACT_ALLOW) {
@@ -982,7 +1047,7 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 				FW_TCX_NEXT);
 	}
 	if (r.log)
-		fw_log_deny(ifindex, len, hook, &pkt, r.slot);
+		fw_log_deny(ifindex, len, hook, pkt, r.slot);
 	return fw_count(class == FW_CLASS_RULE ? FW_ST_RULE_DENY : FW_ST_DEFAULT_DENY, FW_TCX_DROP);
 }
 

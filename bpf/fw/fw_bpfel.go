@@ -144,6 +144,45 @@ type fwFwScopeVal struct {
 	T6    [128]fwFwTuple6
 }
 
+type fwFwScratch struct {
+	_   structs.HostLayout
+	Pkt struct {
+		_         structs.HostLayout
+		L3Off     uint16
+		L4Off     uint16
+		Ethertype uint16
+		Family    uint8
+		Proto     uint8
+		Flags     uint16
+		Nexthdrs  uint8
+		IcmpType  uint8
+		FragId    uint32
+		Saddr     [4]uint32
+		Daddr     [4]uint32
+		Sport     uint16
+		Dport     uint16
+		IpLen     uint16
+		Pad       uint16
+		Inner     struct {
+			_     structs.HostLayout
+			Saddr [4]uint32
+			Daddr [4]uint32
+			Sport uint16
+			Dport uint16
+			Proto uint8
+			Pad   [3]uint8
+		}
+	}
+	F struct {
+		_      structs.HostLayout
+		Family uint8
+		Proto  uint8
+		Dport  uint16
+		Saddr  [4]uint32
+		Daddr  [4]uint32
+	}
+}
+
 type fwFwTss4Bucket struct {
 	_   structs.HostLayout
 	Tag [4]uint32
@@ -238,6 +277,7 @@ const (
 	fwMapFwRatelimit     = "fw_ratelimit"
 	fwMapFwRulesV3       = "fw_rules_v3"
 	fwMapFwScopesV3      = "fw_scopes_v3"
+	fwMapFwScratch       = "fw_scratch"
 	fwMapFwStats         = "fw_stats"
 	fwMapFwTss4V3        = "fw_tss4_v3"
 	fwMapFwTss6V3        = "fw_tss6_v3"
@@ -317,6 +357,7 @@ type fwMapSpecs struct {
 	FwRatelimit  *ebpf.MapSpec `ebpf:"fw_ratelimit"`
 	FwRulesV3    *ebpf.MapSpec `ebpf:"fw_rules_v3"`
 	FwScopesV3   *ebpf.MapSpec `ebpf:"fw_scopes_v3"`
+	FwScratch    *ebpf.MapSpec `ebpf:"fw_scratch"`
 	FwStats      *ebpf.MapSpec `ebpf:"fw_stats"`
 	FwTss4V3     *ebpf.MapSpec `ebpf:"fw_tss4_v3"`
 	FwTss6V3     *ebpf.MapSpec `ebpf:"fw_tss6_v3"`
@@ -366,6 +407,7 @@ type fwMaps struct {
 	FwRatelimit  *ebpf.Map `ebpf:"fw_ratelimit"`
 	FwRulesV3    *ebpf.Map `ebpf:"fw_rules_v3"`
 	FwScopesV3   *ebpf.Map `ebpf:"fw_scopes_v3"`
+	FwScratch    *ebpf.Map `ebpf:"fw_scratch"`
 	FwStats      *ebpf.Map `ebpf:"fw_stats"`
 	FwTss4V3     *ebpf.Map `ebpf:"fw_tss4_v3"`
 	FwTss6V3     *ebpf.Map `ebpf:"fw_tss6_v3"`
@@ -391,6 +433,7 @@ func (m *fwMaps) Close() error {
 		m.FwRatelimit,
 		m.FwRulesV3,
 		m.FwScopesV3,
+		m.FwScratch,
 		m.FwStats,
 		m.FwTss4V3,
 		m.FwTss6V3,
