@@ -57,10 +57,13 @@
 // entries out as a bucketized cuckoo hash table (two candidate buckets of
 // four ways per entry, tagged with the hash's high half) and copies it
 // into an array map's inactive half through its memory mapping; a lookup
-// is two inlined array reads. A hash-map lookup is a helper call, and on
-// CPUs that mitigate speculative return stack overflow ("Safe RET") every
-// call's return is expensive; an established flow's packet makes no call
-// at all (the connection table is a set-associative array too).
+// is at most two inlined array reads, one when the first bucket has an
+// empty way (an entry is only placed in its second bucket when its first
+// is full). A hash-map lookup is a helper call, and on CPUs that mitigate
+// speculative return stack overflow ("Safe RET") every call's return is
+// expensive; an established flow's packet makes no call at all (the
+// connection table is a set-associative array too), and a new IPv4 flow
+// none while its scope has at most two tuples worth searching.
 //
 // When an interface hook would search more than MaxTuples tuples of one
 // family, Compile merges tuples (controlled expansion): tuple A joins a

@@ -466,6 +466,20 @@ static __always_inline int fw_tags_miss(const __u32 *tags, __u32 tag)
 	return (z & 0x8000000080000000ULL) == 0;
 }
 
+/* fw_bucket_full is true when none of a bucket's four tags is 0 (an
+ * empty way). The tables are built so that an entry lives in its second
+ * bucket only if its first was full when it was placed, and a bucket
+ * never loses an entry while a half is built (fw/datapath buildTSS): so
+ * an entry whose first bucket has an empty way is not in its second, and
+ * a miss there reads one bucket, not two. */
+static __always_inline int fw_bucket_full(const __u32 *tags)
+{
+	const __u64 *t = (const void *)tags;
+	__u64 v0 = t[0], v1 = t[1];
+	__u64 z = ((v0 - 0x0000000100000001ULL) & ~v0) | ((v1 - 0x0000000100000001ULL) & ~v1);
+	return (z & 0x8000000080000000ULL) == 0;
+}
+
 /* fw_tss4_bucket_pos returns the position of entry (w0, w1) with tag in
  * bucket b, or FW_NO_RULE. */
 static __always_inline __u32 fw_tss4_bucket_pos(const struct fw_tss4_bucket *b, __u64 w0, __u64 w1, __u32 tag)
@@ -499,8 +513,8 @@ static __always_inline __u32 fw_tss6_bucket_pos(const struct fw_tss6_bucket *b, 
 
 /* fw_tss4_get returns the best rule position of the fw_key4 whose two
  * words are w0, w1 in generation gen's table, or FW_NO_RULE: the entry is
- * in the bucket named by the hash's low bits or in the one named by the
- * next bits.
+ * in the bucket named by the hash's low bits or, only if that one is
+ * full, in the one named by the next bits (fw_bucket_full).
  *
  * Keys are passed as words built in registers: storing a key field by
  * field and loading it as words would stall on every word (a load cannot
@@ -520,7 +534,7 @@ static __always_inline __u32 fw_tss4_get(__u64 w0, __u64 w1, __u32 gen, __u64 se
 	if (!b)
 		return FW_NO_RULE;
 	__u32 pos = fw_tss4_bucket_pos(b, w0, w1, tag);
-	if (pos != FW_NO_RULE)
+	if (pos != FW_NO_RULE || !fw_bucket_full(b->tag))
 		return pos;
 	i = gen * FW_TSS_BUCKETS + (((__u32)h >> FW_TSS_SHIFT) & (FW_TSS_BUCKETS - 1));
 	b = bpf_map_lookup_elem(&fw_tss4_v3, &i);
@@ -540,7 +554,7 @@ static __always_inline __u32 fw_tss6_get(const __u64 *x, __u32 gen, __u64 seed)
 	if (!b)
 		return FW_NO_RULE;
 	__u32 pos = fw_tss6_bucket_pos(b, x, tag);
-	if (pos != FW_NO_RULE)
+	if (pos != FW_NO_RULE || !fw_bucket_full(b->tag))
 		return pos;
 	i = gen * FW_TSS_BUCKETS + (((__u32)h >> FW_TSS_SHIFT) & (FW_TSS_BUCKETS - 1));
 	b = bpf_map_lookup_elem(&fw_tss6_v3, &i);

@@ -19,6 +19,14 @@ import (
 // other bucket, and so on (a random walk); at MaxEntries (7/8 of the
 // slots) the walk ends in a few steps. Should it not, the half is built
 // again with the next hash seed.
+//
+// The programs rely on one property of this build: an entry is in its
+// second bucket only if its first is full. place tries the first bucket
+// first, and a bucket never loses an entry (a displaced resident's way is
+// taken by the entry displacing it), so a first bucket that was full
+// stays full. A miss whose first bucket has an empty way then reads one
+// bucket, not two (fw_bucket_full in fw.c); TestEntryTablesBuildAtCapacity
+// looks entries up that way.
 
 // tssLayout describes one family's table.
 type tssLayout struct {

@@ -10,28 +10,42 @@ import (
 )
 
 // findTSS looks key up in a built half the way fw_tss4_get/fw_tss6_get
-// do: the tag in one of the entry's two buckets, then the key.
+// do: the tag in the entry's first bucket, then, only if that bucket is
+// full (fw_bucket_full), in its second; then the key.
 func findTSS(l tssLayout, half, key []byte, seed uint32) (uint32, bool) {
 	h := l.hash(key, seed)
 	b1, b2 := bpffw.TSSBucketsOf(h)
 	for _, b := range []uint32{b1, b2} {
 		bk := half[int(b)*l.bucketSize:]
+		full := true
 		for w := range bpffw.TSSWays {
-			if binary.LittleEndian.Uint32(bk[4*w:]) == bpffw.Tag(h) && bytes.Equal(bk[32+w*l.keySize:][:l.keySize], key) {
+			tag := binary.LittleEndian.Uint32(bk[4*w:])
+			if tag == bpffw.Tag(h) && bytes.Equal(bk[32+w*l.keySize:][:l.keySize], key) {
 				return binary.LittleEndian.Uint32(bk[16+4*w:]), true
 			}
+			full = full && tag != 0
+		}
+		if !full {
+			return 0, false
 		}
 	}
 	return 0, false
 }
 
-// The entry tables build at their capacity (7/8 of the slots) with random
-// keys, and every entry is found where the programs look for it, with its
-// position; keys that are not entries are not found.
+// The entry tables build at their capacity (7/8 of the slots), and at a
+// quarter of it, with random keys, and every entry is found where the
+// programs look for it, with its position: in particular no entry is in
+// its second bucket while its first has an empty way, which the programs
+// rely on to read one bucket on a miss. Keys that are not entries are
+// not found.
 func TestEntryTablesBuildAtCapacity(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, l := range []tssLayout{tss4Layout, tss6Layout} {
-		ents := make([]tssEntry, bpffw.MaxEntries)
+	for _, c := range []struct {
+		l tssLayout
+		n int
+	}{{tss4Layout, bpffw.MaxEntries}, {tss6Layout, bpffw.MaxEntries}, {tss4Layout, bpffw.MaxEntries / 4}} {
+		l := c.l
+		ents := make([]tssEntry, c.n)
 		seen := map[string]bool{}
 		for i := range ents {
 			k := make([]byte, l.keySize)
