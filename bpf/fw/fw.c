@@ -407,7 +407,8 @@ struct {
 
 /* A packet's parse and the fields it is classified by, per CPU: kept
  * here rather than on the stack, whose 512 bytes fw_judge's spills and
- * fw_search's frame share. */
+ * fw_search's frame share. One judgement at a time per CPU: TC and XDP
+ * programs run with bottom halves off and do not nest. */
 struct fw_scratch {
 	struct qbo_pkt pkt;
 	struct fw_fields f;
@@ -454,16 +455,21 @@ static __always_inline __u64 fw_ct_hash(const __u64 *w)
 
 /* ---- entry tables ---- */
 
-/* fw_tags_miss is true when none of a bucket's four 32-bit tags (two
- * words) is tag: the classic test for a zero lane (exact as to whether
- * any lane is zero), so that a miss costs a few instructions per bucket. */
+/* fw_no_zero_lane is true when none of the four 32-bit lanes of v0, v1
+ * is zero: the classic test for a zero lane (exact as to whether any lane
+ * is zero), a few instructions for a whole bucket's tags. */
+static __always_inline int fw_no_zero_lane(__u64 v0, __u64 v1)
+{
+	__u64 z = ((v0 - 0x0000000100000001ULL) & ~v0) | ((v1 - 0x0000000100000001ULL) & ~v1);
+	return (z & 0x8000000080000000ULL) == 0;
+}
+
+/* fw_tags_miss is true when none of a bucket's four tags is tag. */
 static __always_inline int fw_tags_miss(const __u32 *tags, __u32 tag)
 {
 	const __u64 *t = (const void *)tags;
 	__u64 tt = (__u64)tag << 32 | tag;
-	__u64 v0 = t[0] ^ tt, v1 = t[1] ^ tt;
-	__u64 z = ((v0 - 0x0000000100000001ULL) & ~v0) | ((v1 - 0x0000000100000001ULL) & ~v1);
-	return (z & 0x8000000080000000ULL) == 0;
+	return fw_no_zero_lane(t[0] ^ tt, t[1] ^ tt);
 }
 
 /* fw_bucket_full is true when none of a bucket's four tags is 0 (an
@@ -475,9 +481,7 @@ static __always_inline int fw_tags_miss(const __u32 *tags, __u32 tag)
 static __always_inline int fw_bucket_full(const __u32 *tags)
 {
 	const __u64 *t = (const void *)tags;
-	__u64 v0 = t[0], v1 = t[1];
-	__u64 z = ((v0 - 0x0000000100000001ULL) & ~v0) | ((v1 - 0x0000000100000001ULL) & ~v1);
-	return (z & 0x8000000080000000ULL) == 0;
+	return fw_no_zero_lane(t[0], t[1]);
 }
 
 /* fw_tss4_bucket_pos returns the position of entry (w0, w1) with tag in
@@ -950,8 +954,8 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 {
 	__u32 zero = 0;
 	struct fw_scratch *scr = bpf_map_lookup_elem(&fw_scratch, &zero);
-	if (!scr)
-		return FW_TCX_NEXT;
+	if (!scr) /* never: a per-CPU array's key 0 */
+		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	struct qbo_pkt *pkt = &scr->pkt;
 
 	switch (qbo_parse(data, data_end, pkt)) {
