@@ -69,25 +69,33 @@ struct lb_flow {
 	__u32 service;
 };
 
-/* The flow table (lb_flows2) and the reverse-NAT table (lb_rnat2) are
- * set-associative: arrays of sets of LB_FLOW_WAYS entries, the set chosen
- * by a hash of the entry's 5-tuple key (lb_flow_hash in lb.c), shared by
- * all CPUs. Looking an entry up is an inlined array access and a few
- * compares, never a hash-map walk; inserting replaces an empty way or the
- * way least recently used (by the set's clock), so the cost of a new flow
- * does not change when the table is full (the Maglev paper's fixed-size
- * connection table). Entries are written without locks: check covers the
- * tag and the entry's payload, so a reader that sees a torn concurrent
- * write treats the entry as a miss.
+/* The flow table (lb_flows3) is set-associative: an array of sets of
+ * LB_FLOW_WAYS entries, shared by all CPUs. Looking an entry up is an
+ * inlined array access and a few compares, never a hash-map walk;
+ * inserting replaces an empty way or the way least recently used (by the
+ * set's clock), so the cost of a new flow does not change when the table
+ * is full (the Maglev paper's fixed-size connection table). Entries are
+ * written without locks: check covers the tag and the entry's payload, so
+ * a reader that sees a torn concurrent write treats the entry as a miss.
  *
- * The price of a fixed set per key: a set holds at most LB_FLOW_WAYS
- * entries, so a fifth live key of a set evicts the least recently used
- * one before the table is full (for random keys about 0.4% of them with
- * the table a quarter full, 4% half full, 20% full). For the flow table
- * that costs nothing visible: the evicted flow's next packet re-picks its
- * backend by Maglev, the same one while the backend set is unchanged. A
- * reverse-NAT entry cannot be re-derived, so lb_rnat2 moves its victim to
- * lb_rnat_spill (lb.c) instead of dropping it. */
+ * The set is chosen by a hash of the client's side of the flow only
+ * (address, port, protocol: lb_client_hash in lb.c), which a reply (backend
+ * -> client) has too. So one entry serves both directions: lb_xdp finds a
+ * flow by its whole key, lb_revnat finds a NAT flow's reply in the same set
+ * by the client and the backend, and a new NAT flow writes one entry, not
+ * a flow entry and a reverse-NAT entry in two tables of 16 MiB (each write
+ * a cache and TLB miss once the tables outgrow the caches). lb_flows3
+ * replaced lb_flows2 (sets chosen by the whole key) and lb_rnat2 (the
+ * replies' own sets); the loader copies both (lb_upgrade in lb.c).
+ *
+ * The price of a fixed set per client: a set holds at most LB_FLOW_WAYS
+ * entries, so a fifth live flow of a set evicts the least recently used
+ * one before the table is full (for random clients about 0.4% of them
+ * with the table a quarter full, 4% half full, 20% full). The evicted
+ * flow's next packet re-picks its backend by Maglev (the same one while
+ * the backend set is unchanged), but a NAT flow's reply cannot re-derive
+ * its VIP: so a NAT flow that is still in use moves its reply's
+ * translation to lb_rnat_spill (lb.c) instead of losing it. */
 #define LB_FLOW_WAYS 4
 
 /* A set's header (its first cache line): each way's tag and recency, so
@@ -97,13 +105,15 @@ struct lb_set_head {
 	__u32 check[LB_FLOW_WAYS]; /* the table's check of tag and payload */
 	__u32 used[LB_FLOW_WAYS];  /* the set's clock when the way was last used */
 	__u32 clock;               /* advanced on every insert into the set */
-	__u32 spilled;             /* lb_rnat2: a way's entry was moved to lb_rnat_spill */
+	__u32 spilled;             /* a NAT flow of this set moved its reply to lb_rnat_spill */
 	__u32 hit;                 /* bit i: way i was used after an insert into the set */
 	__u32 pad;
 };
 
-/* lb_flows2: a client flow -> its backend. A reader that misses re-picks
- * by Maglev (the same backend while the backend set is unchanged). */
+/* lb_flows3: a client flow -> its backend. A reader that misses re-picks
+ * by Maglev (the same backend while the backend set is unchanged). For a
+ * NAT backend the entry is also the reply's translation: key.daddr and
+ * key.dport are the VIP the reply leaves from. */
 struct lb_flow_ent {
 	struct lb_flow_key key;
 	__u32 backend;
@@ -122,35 +132,33 @@ struct lb_flow_set {
 #define LB_VIPF_SHIFT 20
 #define LB_VIPF_BITS (1 << LB_VIPF_SHIFT)
 
-/* The reply of a NATed flow (backend -> client) maps back to the VIP. It
- * is also the value of lb_rnat, the LRU hash that lb_rnat2 replaced, which
- * the loader copies once (lb_rnat_upgrade). */
+/* The reply of a NATed flow (backend -> client) maps back to the VIP: the
+ * value of lb_rnat_spill, and of the older reverse-NAT tables lb_rnat (an
+ * LRU hash) and lb_rnat2 (sets of struct lb_rnat_ent, chosen by the whole
+ * reply key), which lb_upgrade reads when an older qbo left them pinned. */
 struct lb_rnat_val {
 	__be32 vip[4];
 	__be16 vport;
 	__u16 pad;
 };
 
-/* lb_rnat2: the reply's 5-tuple (backend -> client) -> the VIP it must
- * leave with. Written by lb_xdp for every new NAT flow, read by lb_revnat.
- * A miss leaves the reply untranslated. */
+/* lb_rnat2's layout (the reply's 5-tuple -> the VIP), read by lb_upgrade. */
 struct lb_rnat_ent {
 	struct lb_flow_key key;
 	struct lb_rnat_val val;
 };
 
-/* 320 bytes: the header and four entries of one cache line each. */
 struct lb_rnat_set {
 	struct lb_set_head head;
 	struct lb_rnat_ent way[LB_FLOW_WAYS];
 };
 
-/* The context of lb_rnat_upgrade (a syscall program): what it did. */
-struct lb_rnat_upgrade_stats {
-	__u32 copied;   /* entries written into lb_rnat2 */
+/* The context of lb_upgrade (a syscall program): what it did. */
+struct lb_upgrade_stats {
+	__u32 flows;    /* flows copied from lb_flows2 into lb_flows3 */
+	__u32 replies;  /* replies of lb_rnat2 / lb_rnat whose flow lb_flows3 lacks: into lb_rnat_spill */
 	__u32 present;  /* already there (written by lb_xdp, or a previous run) */
-	__u32 replaced; /* copied in place of another entry: its set was full */
-	__u32 pad;
+	__u32 replaced; /* copied flows that took the way of another flow: their set was full */
 };
 
 /* A fragmented datagram, so that later fragments (no ports) follow the
@@ -190,8 +198,8 @@ enum lb_stat {
 	LB_ST_DROP_PREFILTER,
 	LB_ST_REVNAT,
 	LB_ST_DROP_FLOW_FULL,
-	LB_ST_RNAT_SPILL, /* a reverse-NAT entry moved from lb_rnat2 to lb_rnat_spill */
-	LB_ST_RNAT_STALE, /* a stale reverse-NAT entry dropped from a full lb_rnat2 set */
+	LB_ST_RNAT_SPILL, /* an evicted NAT flow in use: its reply moved to lb_rnat_spill */
+	LB_ST_RNAT_STALE, /* an evicted NAT flow no longer in use: its reply is dropped */
 	LB_ST_MAX,
 };
 

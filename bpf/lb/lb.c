@@ -33,8 +33,9 @@
  *
  * NAT (local backends): destination rewritten to the backend, checksums
  * fixed incrementally, then XDP_PASS so that the node's stack routes it to
- * the backend; a new flow records its reply in lb_rnat2, where lb_revnat
- * finds the VIP to rewrite the reply's source back to.
+ * the backend; lb_revnat finds the reply's flow in the same set of the flow
+ * table (the set is chosen by the client's address and port) and rewrites
+ * its source back to the VIP.
  * DSR (remote backends): IPIP (or IPv6-in-IPv6) to the backend, XDP_TX or
  * redirect towards its next hop; the backend answers the client directly.
  */
@@ -58,7 +59,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct lb_flow_set);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_flows2 SEC(".maps");
+} lb_flows3 SEC(".maps");
 
 volatile const __u32 lb_flow_mask = LB_FLOWS / LB_FLOW_WAYS - 1;
 
@@ -71,27 +72,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_vipf SEC(".maps");
 
-/* The reverse-NAT table (see lb.h), as many entries as the flow table;
- * the loader sets lb_rnat_mask. Mmapable only for the placement: an
- * mmapable array's values start on a page, so each 320-byte set's header
- * and entries fill one cache line each. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LB_FLOWS / LB_FLOW_WAYS);
-	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE */
-	__type(key, __u32);
-	__type(value, struct lb_rnat_set);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} lb_rnat2 SEC(".maps");
-
-volatile const __u32 lb_rnat_mask = LB_FLOWS / LB_FLOW_WAYS - 1;
-
-/* lb_rnat_spill holds the reverse-NAT entries, still in use, that lost
- * their way in lb_rnat2 to a newer flow of the same set (see
- * lb_rnat_insert): a live NAT flow keeps its translation until this LRU
- * hash itself is full, while the common cases (a set with room, or a
- * stale victim) pay no hash-map insert. Sized like the flow table by the
- * loader. */
+/* lb_rnat_spill holds the replies' translations of NAT flows, still in
+ * use, that lost their way in lb_flows3 to a newer flow of the same set
+ * (see lb_flow_evict): a live NAT flow keeps its translation until this
+ * LRU hash itself is full, while the common cases (a set with room, or a
+ * stale victim) pay no hash-map insert. Key: the reply (backend ->
+ * client). Sized like the flow table by the loader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_FLOWS);
@@ -100,9 +86,9 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_rnat_spill SEC(".maps");
 
-/* lb_rnat_scratch: a reverse-NAT entry on its way to lb_rnat_spill, and
- * the key of its flow. A per-CPU buffer instead of the stack, whose 512
- * bytes lb_xdp and lb_record share. */
+/* lb_rnat_scratch: an evicted flow's key (fwd) and its reply's entry on
+ * the way to lb_rnat_spill (ent). A per-CPU buffer instead of the stack,
+ * whose 512 bytes lb_xdp and lb_record share. */
 struct lb_rnat_scratch {
 	struct lb_rnat_ent ent;
 	struct lb_flow_key fwd;
@@ -116,10 +102,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lb_rnat_scratch SEC(".maps");
 
-/* lb_rnat, the reverse-NAT table before lb_rnat2 (an LRU hash), as its
- * layout was. Not pinned by this object: the loader hands in the old
- * pinned map when there is one, for lb_rnat_upgrade to copy, and else
- * shrinks this to a placeholder that nothing reads. */
+/* The tables of an older qbo that lb_upgrade copies into lb_flows3, as
+ * their layouts were: lb_flows2 (flow sets chosen by the whole key),
+ * lb_rnat2 (reply sets) and lb_rnat (an LRU hash of replies). Not pinned by
+ * this object: the loader hands in the old pinned maps that exist, and
+ * else shrinks these to placeholders that nothing reads. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_FLOWS / LB_FLOW_WAYS);
+	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE, as lb_flows2 was created */
+	__type(key, __u32);
+	__type(value, struct lb_flow_set);
+} lb_flows_old SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LB_FLOWS / LB_FLOW_WAYS);
+	__uint(map_flags, 1U << 10); /* BPF_F_MMAPABLE, as lb_rnat2 was created */
+	__type(key, __u32);
+	__type(value, struct lb_rnat_set);
+} lb_rnat2_old SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, LB_FLOWS);
@@ -223,17 +226,41 @@ static __always_inline int lb_vip_maybe(const struct qbo_pkt *pkt)
 	return word && (*word & (1ULL << (b % 64)));
 }
 
-/* ---- the set-associative tables (lb.h): flows and reverse NAT ---- */
+/* ---- the flow table (lb.h) ---- */
 
-/* lb_flow_hash: five multiplies over the key's words (a hit never
- * computes the Maglev hash). The low half chooses the set, the high half
- * is the tag. */
+/* lb_client_hash: three multiplies over the client's side of a flow (its
+ * address as two words a0 a1, and w: port | protocol << 32 | family << 40),
+ * which a flow and its reply share (a hit never computes the Maglev hash).
+ * The low half chooses the set, the high half is the tag. */
+static __always_inline __u64 lb_client_hash(__u64 a0, __u64 a1, __u64 w)
+{
+	__u64 h = a0 * 0x9e3779b97f4a7c15ULL ^ a1 * 0xc2b2ae3d27d4eb4fULL ^ w * 0x165667b19e3779f9ULL;
+	return h ^ (h >> 29);
+}
+
+/* The key's fifth word: sport | dport << 16 | proto << 32 | family << 40. */
+#define LB_KEY_SPORT_SIDE 0xffffffff0000ffffULL
+
+/* lb_flow_hash hashes a flow as the client sent it (client -> VIP). */
 static __always_inline __u64 lb_flow_hash(const struct lb_flow_key *k)
 {
 	const __u64 *x = (const void *)k;
-	__u64 h = x[0] * 0x9e3779b97f4a7c15ULL ^ x[1] * 0xc2b2ae3d27d4eb4fULL ^ x[2] * 0x165667b19e3779f9ULL ^
-		  x[3] * 0x27d4eb2f165667c5ULL ^ x[4] * 0x94d049bb133111ebULL;
-	return h ^ (h >> 29);
+	return lb_client_hash(x[0], x[1], x[4] & LB_KEY_SPORT_SIDE);
+}
+
+/* lb_reply_side is a reply's (backend -> client) client side in the
+ * layout of a flow key's fifth word: the client's port moved to sport. */
+static __always_inline __u64 lb_reply_side(const struct lb_flow_key *r)
+{
+	const __u64 *y = (const void *)r;
+	return ((y[4] >> 16) & 0xffff) | (y[4] & ~0xffffffffULL);
+}
+
+/* lb_reply_hash hashes a reply: the same as its flow's hash. */
+static __always_inline __u64 lb_reply_hash(const struct lb_flow_key *r)
+{
+	const __u64 *y = (const void *)r;
+	return lb_client_hash(y[2], y[3], lb_reply_side(r));
 }
 
 static __always_inline __u32 lb_set_tag(__u64 h) { return (__u32)(h >> 32) | 1; }
@@ -244,30 +271,10 @@ static __always_inline int lb_key_eq(const struct lb_flow_key *a, const struct l
 	return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0;
 }
 
-/* Both tables' entries start with their key; ways is the set's entry
- * array and stride its element size, so the code below serves both. */
-static __always_inline const struct lb_flow_key *lb_set_key(const void *ways, __u32 stride, int i)
-{
-	return ways + i * stride;
-}
-
-/* lb_set_find returns the way holding key k (tag tag), or -1. The caller
- * checks the way's payload against its check word. */
-static __always_inline int lb_set_find(const struct lb_set_head *s, const void *ways, __u32 stride,
-				       const struct lb_flow_key *k, __u32 tag)
-{
-	int i;
-#pragma unroll
-	for (i = 0; i < LB_FLOW_WAYS; i++)
-		if (s->tag[i] == tag && lb_key_eq(lb_set_key(ways, stride, i), k))
-			return i;
-	return -1;
-}
-
 /* lb_set_touch makes way i the set's most recently used. The store (and
  * the hit bit: the way's entry was used after an insert into its set,
- * which lb_rnat_insert reads of flows) happens only when the set took an
- * insert since the way's last use, rare for a busy flow. */
+ * which lb_flow_evict reads) happens only when the set took an insert
+ * since the way's last use, rare for a busy flow. */
 static __always_inline void lb_set_touch(struct lb_set_head *s, int i)
 {
 	__u32 now = s->clock;
@@ -281,27 +288,27 @@ static __always_inline void lb_set_touch(struct lb_set_head *s, int i)
 /* lb_set_victim chooses the way for key k: its own (a rewrite), else an
  * empty one, else the least recently used. It advances the set's clock to
  * *now, and reports whether the way held another key. */
-static __always_inline int lb_set_victim(struct lb_set_head *s, const void *ways, __u32 stride,
-					 const struct lb_flow_key *k, __u32 tag, __u32 *now, int *other)
+static __always_inline int lb_set_victim(struct lb_flow_set *s, const struct lb_flow_key *k, __u32 tag,
+					 __u32 *now, int *other)
 {
-	__u32 t = s->clock + 1;
+	__u32 t = s->head.clock + 1;
 	__u32 victim = 0, best = 0;
 	int i;
 #pragma unroll
 	for (i = 0; i < LB_FLOW_WAYS; i++) {
 		__u32 score;
-		if (!s->tag[i])
+		if (!s->head.tag[i])
 			score = 0xfffffffe;
-		else if (s->tag[i] == tag && lb_key_eq(lb_set_key(ways, stride, i), k))
+		else if (s->head.tag[i] == tag && lb_key_eq(&s->way[i].key, k))
 			score = 0xffffffff;
 		else
-			score = t - s->used[i];
+			score = t - s->head.used[i];
 		if (score > best) {
 			best = score;
 			victim = i;
 		}
 	}
-	s->clock = t;
+	s->head.clock = t;
 	*now = t;
 	*other = best < 0xfffffffe;
 	return victim & (LB_FLOW_WAYS - 1);
@@ -325,8 +332,6 @@ static __always_inline void lb_set_close(struct lb_set_head *s, int i, __u32 tag
 	s->tag[i] = tag;
 }
 
-/* -- lb_flows2 -- */
-
 static __always_inline __u32 lb_flow_check(__u32 tag, __u32 backend, __u32 service)
 {
 	return tag ^ (backend * 0x9e3779b1) ^ (service * 0x85ebca77);
@@ -335,7 +340,7 @@ static __always_inline __u32 lb_flow_check(__u32 tag, __u32 backend, __u32 servi
 static __always_inline struct lb_flow_set *lb_flow_set(__u64 h)
 {
 	__u32 i = (__u32)h & lb_flow_mask;
-	return bpf_map_lookup_elem(&lb_flows2, &i);
+	return bpf_map_lookup_elem(&lb_flows3, &i);
 }
 
 /* lb_flow_find returns the entry of flow k (hash h) in set s, or NULL;
@@ -344,126 +349,128 @@ static __always_inline struct lb_flow_set *lb_flow_set(__u64 h)
 static __always_inline struct lb_flow_ent *lb_flow_find(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h)
 {
 	__u32 tag = lb_set_tag(h);
-	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), k, tag);
-	if (i < 0)
-		return 0;
-	struct lb_flow_ent *e = &s->way[i];
-	if (s->head.check[i] != lb_flow_check(tag, e->backend, e->service))
-		return 0;
-	lb_set_touch(&s->head, i);
-	return e;
+	int i;
+#pragma unroll
+	for (i = 0; i < LB_FLOW_WAYS; i++) {
+		if (s->head.tag[i] != tag || !lb_key_eq(&s->way[i].key, k))
+			continue;
+		struct lb_flow_ent *e = &s->way[i];
+		if (s->head.check[i] != lb_flow_check(tag, e->backend, e->service))
+			return 0;
+		lb_set_touch(&s->head, i);
+		return e;
+	}
+	return 0;
 }
 
-/* lb_flow_insert records flow k in set s. */
-static __always_inline void lb_flow_insert(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h,
-					   __u32 backend, __u32 service)
+/* lb_reply_find finds the NAT flow of reply r (hash h) in set s: the
+ * entry whose client is r's destination and whose backend is r's source.
+ * It copies the VIP the reply must leave from into *v; non-zero on a hit,
+ * which refreshes the flow's recency (a flow whose backend keeps sending
+ * while its client is quiet stays in use). The copy is made before the
+ * check is compared, so that a write racing with it shows as a miss
+ * (check covers the backend and service; a racing write of another flow of
+ * the same client port, the only one whose key could pass the compare,
+ * would have to reuse that port towards another VIP within those
+ * nanoseconds). */
+static __always_inline int lb_reply_find(struct lb_flow_set *s, const struct lb_flow_key *r, __u64 h,
+					 struct lb_rnat_val *v)
+{
+	const __u64 *y = (const void *)r;
+	__u64 side = lb_reply_side(r);
+	__u32 tag = lb_set_tag(h);
+	int i;
+#pragma unroll
+	for (i = 0; i < LB_FLOW_WAYS; i++) {
+		if (s->head.tag[i] != tag)
+			continue;
+		struct lb_flow_ent *e = &s->way[i];
+		const __u64 *x = (const void *)&e->key;
+		if (((x[0] ^ y[2]) | (x[1] ^ y[3]) | ((x[4] & LB_KEY_SPORT_SIDE) ^ side)) != 0)
+			continue;
+		__u32 bid = e->backend, sid = e->service;
+		struct lb_backend *be = lb_backend_get(bid);
+		if (!be || (be->flags & LB_BE_DSR) || be->port != r->sport ||
+		    ((be->addr[0] ^ r->saddr[0]) | (be->addr[1] ^ r->saddr[1]) | (be->addr[2] ^ r->saddr[2]) |
+		     (be->addr[3] ^ r->saddr[3])))
+			continue;
+		__builtin_memcpy(v->vip, e->key.daddr, 16);
+		v->vport = e->key.dport;
+		v->pad = 0;
+		asm volatile("" ::: "memory");
+		if (s->head.check[i] != lb_flow_check(tag, bid, sid))
+			return 0;
+		lb_set_touch(&s->head, i);
+		return 1;
+	}
+	return 0;
+}
+
+/* lb_flow_evict is called for way i of set s before a new flow takes it
+ * (now: the set's clock). A NAT flow still in use moves its reply's
+ * translation to lb_rnat_spill, and the set is marked so that lb_revnat
+ * looks there on a miss. In use: touched since the set's last
+ * LB_FLOW_WAYS inserts, or used (by a packet either way) after an insert
+ * into its set, so not merely a flow seen once. Otherwise the flow has
+ * been outlived by a whole set's worth of newer ones, which stands for
+ * about the table's capacity of inserts (a set sees 1/sets of them): what
+ * an LRU of the table's size would have evicted by now. Its translation is
+ * dropped (counted as stale), so that flow churn beyond the table's size
+ * does not pay a hash-map insert per new flow. A DSR flow has no reply to
+ * translate; its entry is simply replaced. */
+static __always_inline void lb_flow_evict(struct lb_flow_set *s, int i, __u32 now)
+{
+	struct lb_flow_ent *e = &s->way[i];
+	__u32 bid = e->backend, sid = e->service;
+	struct lb_backend *be = lb_backend_get(bid);
+	if (!be || (be->flags & LB_BE_DSR))
+		return;
+	if (now - s->head.used[i] >= LB_FLOW_WAYS && !(s->head.hit & (1U << i))) {
+		count(LB_ST_RNAT_STALE);
+		return;
+	}
+	__u32 zero = 0;
+	struct lb_rnat_scratch *c = bpf_map_lookup_elem(&lb_rnat_scratch, &zero);
+	if (!c)
+		return;
+	c->fwd = e->key;
+	asm volatile("" ::: "memory");
+	/* Intact: not half written by another CPU. */
+	if (s->head.check[i] != lb_flow_check(s->head.tag[i], bid, sid))
+		return;
+	struct lb_rnat_ent *r = &c->ent;
+	__builtin_memcpy(r->key.saddr, be->addr, 16);
+	__builtin_memcpy(r->key.daddr, c->fwd.saddr, 16);
+	r->key.sport = be->port;
+	r->key.dport = c->fwd.sport;
+	r->key.proto = c->fwd.proto;
+	r->key.family = c->fwd.family;
+	r->key.pad = 0;
+	__builtin_memcpy(r->val.vip, c->fwd.daddr, 16);
+	r->val.vport = c->fwd.dport;
+	r->val.pad = 0;
+	bpf_map_update_elem(&lb_rnat_spill, &r->key, &r->val, BPF_ANY);
+	if (!s->head.spilled)
+		s->head.spilled = 1;
+	count(LB_ST_RNAT_SPILL);
+}
+
+/* lb_flow_insert records flow k (hash h) in set s; non-zero when it took
+ * the way of another flow. */
+static __always_inline int lb_flow_insert(struct lb_flow_set *s, const struct lb_flow_key *k, __u64 h,
+					  __u32 backend, __u32 service)
 {
 	__u32 tag = lb_set_tag(h), now;
 	int other;
-	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
+	int i = lb_set_victim(s, k, tag, &now, &other);
+	if (other)
+		lb_flow_evict(s, i, now);
 	struct lb_flow_ent *e = &s->way[i];
 	lb_set_open(&s->head, i);
 	e->key = *k;
 	e->backend = backend;
 	e->service = service;
 	lb_set_close(&s->head, i, tag, lb_flow_check(tag, backend, service), now);
-}
-
-/* -- lb_rnat2 -- */
-
-static __always_inline __u32 lb_rnat_check(__u32 tag, const struct lb_rnat_val *v)
-{
-	__u32 a = v->vip[0] ^ rol32(v->vip[1], 8) ^ rol32(v->vip[2], 16) ^ rol32(v->vip[3], 24);
-	return tag ^ (a * 0x9e3779b1) ^ ((__u32)v->vport * 0x85ebca77);
-}
-
-static __always_inline struct lb_rnat_set *lb_rnat_set(__u64 h)
-{
-	__u32 i = (__u32)h & lb_rnat_mask;
-	return bpf_map_lookup_elem(&lb_rnat2, &i);
-}
-
-/* lb_rnat_find copies the VIP of reply k (hash h) into *v; non-zero on a
- * hit. The copy is made before the check is compared, so that a write
- * racing with the copy shows as a miss. */
-static __always_inline int lb_rnat_find(struct lb_rnat_set *s, const struct lb_flow_key *k, __u64 h,
-					struct lb_rnat_val *v)
-{
-	__u32 tag = lb_set_tag(h);
-	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), k, tag);
-	if (i < 0)
-		return 0;
-	*v = s->way[i].val;
-	if (s->head.check[i] != lb_rnat_check(tag, v))
-		return 0;
-	lb_set_touch(&s->head, i);
-	return 1;
-}
-
-/* lb_rnat_fwd_live reports whether the flow of reverse-NAT entry c->ent
- * is still in the flow table and has had a packet after an insert into
- * its set (so it is not merely a flow seen once). */
-static __always_inline int lb_rnat_fwd_live(struct lb_rnat_scratch *c)
-{
-	struct lb_flow_key *f = &c->fwd;
-	__builtin_memset(f, 0, sizeof(*f));
-	__builtin_memcpy(f->saddr, c->ent.key.daddr, 16);
-	__builtin_memcpy(f->daddr, c->ent.val.vip, 16);
-	f->sport = c->ent.key.dport;
-	f->dport = c->ent.val.vport;
-	f->proto = c->ent.key.proto;
-	f->family = c->ent.key.family;
-	__u64 h = lb_flow_hash(f);
-	struct lb_flow_set *s = lb_flow_set(h);
-	if (!s)
-		return 0;
-	__u32 tag = lb_set_tag(h);
-	int i = lb_set_find(&s->head, s->way, sizeof(s->way[0]), f, tag);
-	if (i < 0)
-		return 0;
-	return (s->head.hit >> i) & 1;
-}
-
-/* lb_rnat_insert records reply k -> v in set s; non-zero when it took the
- * way of another reply. A set-associative table alone would drop a live
- * NAT flow's translation whenever a fifth flow lands in its set, long
- * before the table is full; so a victim that is still in use moves to
- * lb_rnat_spill first, and the set is marked so that lb_revnat looks there
- * on a miss. In use: touched since the set's last LB_FLOW_WAYS inserts,
- * or its flow is in the flow table and has had packets after an insert
- * into its set (a client that keeps sending while the replies pause).
- * Otherwise the victim has been outlived by a whole set's worth of newer
- * entries, which stands for about the table's capacity of inserts (a set
- * sees 1/sets of them): what an LRU of the table's size would have evicted
- * by now. It is dropped (counted as stale), so that flow churn beyond the
- * table's size does not pay a hash-map insert per new flow. */
-static __always_inline int lb_rnat_insert(struct lb_rnat_set *s, const struct lb_flow_key *k, __u64 h,
-					  const struct lb_rnat_val *v)
-{
-	__u32 tag = lb_set_tag(h), now;
-	int other;
-	int i = lb_set_victim(&s->head, s->way, sizeof(s->way[0]), k, tag, &now, &other);
-	struct lb_rnat_ent *e = &s->way[i];
-	__u32 zero = 0;
-	struct lb_rnat_scratch *c = other ? bpf_map_lookup_elem(&lb_rnat_scratch, &zero) : 0;
-	if (c) {
-		c->ent = *e;
-		/* Intact (not half written by another CPU), and in use. */
-		if (s->head.check[i] == lb_rnat_check(s->head.tag[i], &c->ent.val)) {
-			if (now - s->head.used[i] < LB_FLOW_WAYS || lb_rnat_fwd_live(c)) {
-				bpf_map_update_elem(&lb_rnat_spill, &c->ent.key, &c->ent.val, BPF_ANY);
-				if (!s->head.spilled)
-					s->head.spilled = 1;
-				count(LB_ST_RNAT_SPILL);
-			} else {
-				count(LB_ST_RNAT_STALE);
-			}
-		}
-	}
-	lb_set_open(&s->head, i);
-	e->key = *k;
-	e->val = *v;
-	lb_set_close(&s->head, i, tag, lb_rnat_check(tag, v), now);
 	return other;
 }
 
@@ -807,8 +814,9 @@ static __always_inline int lb_pick(__u32 h, const struct lb_svc_val *svc, __u32 
 	return 0;
 }
 
-/* lb_record records new flow k (hash h) on backend bid of service sid: in
- * the flow table, and for a NAT backend the reply's reverse-NAT entry.
+/* lb_record records new flow k (hash h) on backend bid of service sid in
+ * the flow table; for a NAT backend the entry is also its reply's
+ * translation.
  *
  * A global function: the verifier checks it once, not again for every
  * parser outcome that leads to a new flow (inlined, lb_xdp took 95% of
@@ -822,22 +830,6 @@ __noinline int lb_record(const struct lb_flow_key *k, __u64 h, __u32 bid, __u32 
 		lb_flow_insert(set, k, h, bid, sid);
 	else
 		count(LB_ST_DROP_FLOW_FULL);
-	struct lb_backend *be = lb_backend_get(bid);
-	if (!be || (be->flags & LB_BE_DSR))
-		return 0;
-	struct lb_flow_key rk = {};
-	__builtin_memcpy(rk.saddr, be->addr, 16);
-	__builtin_memcpy(rk.daddr, k->saddr, 16);
-	rk.sport = be->port;
-	rk.dport = k->sport;
-	rk.proto = k->proto;
-	rk.family = k->family;
-	struct lb_rnat_val rn = {.vport = k->dport};
-	__builtin_memcpy(rn.vip, k->daddr, 16);
-	__u64 rh = lb_flow_hash(&rk);
-	struct lb_rnat_set *rs = lb_rnat_set(rh);
-	if (rs)
-		lb_rnat_insert(rs, &rk, rh, &rn);
 	return 0;
 }
 
@@ -1004,12 +996,12 @@ int lb_revnat(struct __sk_buff *skb)
 	k.dport = pkt.dport;
 	k.proto = pkt.proto;
 	k.family = pkt.family;
-	__u64 h = lb_flow_hash(&k);
-	struct lb_rnat_set *s = lb_rnat_set(h);
+	__u64 h = lb_reply_hash(&k);
+	struct lb_flow_set *s = lb_flow_set(h);
 	struct lb_rnat_val r;
 	if (!s)
 		return TC_ACT_OK;
-	if (!lb_rnat_find(s, &k, h, &r)) {
+	if (!lb_reply_find(s, &k, h, &r)) {
 		/* Only a set that has spilled can have this reply elsewhere. */
 		if (!s->head.spilled)
 			return TC_ACT_OK;
@@ -1043,37 +1035,109 @@ int lb_revnat(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
-/* lb_rnat_upgrade copies lb_rnat_old (the pinned lb_rnat of an older qbo,
- * handed in by the loader) into lb_rnat2 with the datapath's own insert,
- * so that NAT flows keep their reverse translation across an upgrade. A
- * reply already in lb_rnat2 keeps its entry (lb_xdp wrote it, so it is
- * the newer); the loader may run it again to pick up what the old lb_xdp
- * added meanwhile. Run through BPF_PROG_TEST_RUN; ctx holds the counts. */
-static long lb_rnat_copy(void *map, const struct lb_flow_key *k, struct lb_rnat_val *v,
-			 struct lb_rnat_upgrade_stats *st)
+/* lb_upgrade copies the flow and reverse-NAT tables of an older qbo
+ * (lb_flows_old, lb_rnat2_old, lb_rnat_old: handed in by the loader) into
+ * lb_flows3 with the datapath's own insert, so that flows keep their
+ * backend and NAT flows their reply's translation across an upgrade:
+ * every intact flow of lb_flows2, then every reply of lb_rnat2 and lb_rnat
+ * whose flow lb_flows3 does not hold (its flow entry was evicted earlier),
+ * which goes to lb_rnat_spill. An entry lb_flows3 already holds keeps it
+ * (lb_xdp wrote it, so it is the newer); the loader runs it again after
+ * attaching to pick up what the old lb_xdp added meanwhile. The spilled
+ * replies of lb_rnat2's sets are marked in their lb_flows3 sets. Run
+ * through BPF_PROG_TEST_RUN; ctx holds the counts. */
+static __always_inline void lb_adopt_flow(const struct lb_flow_ent *e, struct lb_upgrade_stats *st)
 {
-	struct lb_flow_key key = *k;
-	struct lb_rnat_val val = *v, cur;
-	__u64 h = lb_flow_hash(&key);
-	struct lb_rnat_set *s = lb_rnat_set(h);
+	struct lb_flow_key k = e->key;
+	__u64 h = lb_flow_hash(&k);
+	struct lb_flow_set *s = lb_flow_set(h);
 	if (!s)
-		return 1;
-	if (lb_rnat_find(s, &key, h, &cur)) {
+		return;
+	if (lb_flow_find(s, &k, h)) {
+		st->present++;
+		return;
+	}
+	st->flows++;
+	if (lb_flow_insert(s, &k, h, e->backend, e->service))
+		st->replaced++;
+}
+
+static long lb_adopt_flow_set(void *map, const __u32 *i, struct lb_flow_set *old, struct lb_upgrade_stats *st)
+{
+	int w;
+#pragma unroll
+	for (w = 0; w < LB_FLOW_WAYS; w++) {
+		__u32 tag = old->head.tag[w];
+		struct lb_flow_ent e = old->way[w];
+		if (tag && old->head.check[w] == lb_flow_check(tag, e.backend, e.service))
+			lb_adopt_flow(&e, st);
+	}
+	return 0;
+}
+
+static __always_inline void lb_mark_spilled(const struct lb_flow_key *r)
+{
+	struct lb_flow_set *s = lb_flow_set(lb_reply_hash(r));
+	if (s && !s->head.spilled)
+		s->head.spilled = 1;
+}
+
+static long lb_adopt_reply(void *map, const struct lb_flow_key *rk, const struct lb_rnat_val *v,
+			   struct lb_upgrade_stats *st)
+{
+	struct lb_flow_key r = *rk;
+	struct lb_rnat_val val = *v, cur;
+	__u64 h = lb_reply_hash(&r);
+	struct lb_flow_set *s = lb_flow_set(h);
+	if (!s)
+		return 0;
+	if (lb_reply_find(s, &r, h, &cur) || bpf_map_lookup_elem(&lb_rnat_spill, &r)) {
 		st->present++;
 		return 0;
 	}
-	st->copied++;
-	if (lb_rnat_insert(s, &key, h, &val))
-		st->replaced++;
+	st->replies++;
+	bpf_map_update_elem(&lb_rnat_spill, &r, &val, BPF_ANY);
+	if (!s->head.spilled)
+		s->head.spilled = 1;
+	return 0;
+}
+
+/* lb_rnat_check: lb_rnat2's check of an entry's tag and VIP. */
+static __always_inline __u32 lb_rnat_check(__u32 tag, const struct lb_rnat_val *v)
+{
+	__u32 a = v->vip[0] ^ rol32(v->vip[1], 8) ^ rol32(v->vip[2], 16) ^ rol32(v->vip[3], 24);
+	return tag ^ (a * 0x9e3779b1) ^ ((__u32)v->vport * 0x85ebca77);
+}
+
+static long lb_adopt_reply_set(void *map, const __u32 *i, struct lb_rnat_set *old, struct lb_upgrade_stats *st)
+{
+	int w;
+#pragma unroll
+	for (w = 0; w < LB_FLOW_WAYS; w++) {
+		__u32 tag = old->head.tag[w];
+		struct lb_rnat_ent e = old->way[w];
+		if (tag && old->head.check[w] == lb_rnat_check(tag, &e.val))
+			lb_adopt_reply(map, &e.key, &e.val, st);
+	}
+	return 0;
+}
+
+static long lb_mark_spill(void *map, const struct lb_flow_key *r, void *v, void *ctx)
+{
+	lb_mark_spilled(r);
 	return 0;
 }
 
 SEC("syscall")
-int lb_rnat_upgrade(struct lb_rnat_upgrade_stats *ctx)
+int lb_upgrade(struct lb_upgrade_stats *ctx)
 {
-	struct lb_rnat_upgrade_stats st = {};
-	bpf_for_each_map_elem(&lb_rnat_old, lb_rnat_copy, &st, 0);
-	ctx->copied = st.copied;
+	struct lb_upgrade_stats st = {};
+	bpf_for_each_map_elem(&lb_flows_old, lb_adopt_flow_set, &st, 0);
+	bpf_for_each_map_elem(&lb_rnat2_old, lb_adopt_reply_set, &st, 0);
+	bpf_for_each_map_elem(&lb_rnat_old, lb_adopt_reply, &st, 0);
+	bpf_for_each_map_elem(&lb_rnat_spill, lb_mark_spill, 0, 0);
+	ctx->flows = st.flows;
+	ctx->replies = st.replies;
 	ctx->present = st.present;
 	ctx->replaced = st.replaced;
 	return 0;

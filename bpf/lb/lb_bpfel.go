@@ -82,14 +82,6 @@ type lbLbRnatSet struct {
 	Way  [4]lbLbRnatEnt
 }
 
-type lbLbRnatUpgradeStats struct {
-	_        structs.HostLayout
-	Copied   uint32
-	Present  uint32
-	Replaced uint32
-	Pad      uint32
-}
-
 type lbLbRnatVal struct {
 	_     structs.HostLayout
 	Vip   [4]uint32
@@ -130,6 +122,14 @@ type lbLbSvcVal struct {
 	Offset    uint32
 }
 
+type lbLbUpgradeStats struct {
+	_        structs.HostLayout
+	Flows    uint32
+	Replies  uint32
+	Present  uint32
+	Replaced uint32
+}
+
 type lbQboPfConfig struct {
 	_          structs.HostLayout
 	V4Prefixes uint32
@@ -162,30 +162,30 @@ type lbQboPfVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	lbMapLbBackends2    = "lb_backends2"
-	lbMapLbFlows2       = "lb_flows2"
-	lbMapLbFrags        = "lb_frags"
-	lbMapLbMaglev       = "lb_maglev"
-	lbMapLbRnat2        = "lb_rnat2"
-	lbMapLbRnatOld      = "lb_rnat_old"
-	lbMapLbRnatScratch  = "lb_rnat_scratch"
-	lbMapLbRnatSpill    = "lb_rnat_spill"
-	lbMapLbStats2       = "lb_stats2"
-	lbMapLbSvc          = "lb_svc"
-	lbMapLbVipf         = "lb_vipf"
-	lbMapQboPfCfg       = "qbo_pf_cfg"
-	lbMapQboPfStats     = "qbo_pf_stats"
-	lbMapQboPfV4        = "qbo_pf_v4"
-	lbMapQboPfV4Full    = "qbo_pf_v4_full"
-	lbMapQboPfV4Host    = "qbo_pf_v4_host"
-	lbMapQboPfV4Part    = "qbo_pf_v4_part"
-	lbMapQboPfV6        = "qbo_pf_v6"
-	lbProgLbDecap       = "lb_decap"
-	lbProgLbRevnat      = "lb_revnat"
-	lbProgLbRnatUpgrade = "lb_rnat_upgrade"
-	lbProgLbXdp         = "lb_xdp"
-	lbVarLbFlowMask     = "lb_flow_mask"
-	lbVarLbRnatMask     = "lb_rnat_mask"
+	lbMapLbBackends2   = "lb_backends2"
+	lbMapLbFlows3      = "lb_flows3"
+	lbMapLbFlowsOld    = "lb_flows_old"
+	lbMapLbFrags       = "lb_frags"
+	lbMapLbMaglev      = "lb_maglev"
+	lbMapLbRnat2Old    = "lb_rnat2_old"
+	lbMapLbRnatOld     = "lb_rnat_old"
+	lbMapLbRnatScratch = "lb_rnat_scratch"
+	lbMapLbRnatSpill   = "lb_rnat_spill"
+	lbMapLbStats2      = "lb_stats2"
+	lbMapLbSvc         = "lb_svc"
+	lbMapLbVipf        = "lb_vipf"
+	lbMapQboPfCfg      = "qbo_pf_cfg"
+	lbMapQboPfStats    = "qbo_pf_stats"
+	lbMapQboPfV4       = "qbo_pf_v4"
+	lbMapQboPfV4Full   = "qbo_pf_v4_full"
+	lbMapQboPfV4Host   = "qbo_pf_v4_host"
+	lbMapQboPfV4Part   = "qbo_pf_v4_part"
+	lbMapQboPfV6       = "qbo_pf_v6"
+	lbProgLbDecap      = "lb_decap"
+	lbProgLbRevnat     = "lb_revnat"
+	lbProgLbUpgrade    = "lb_upgrade"
+	lbProgLbXdp        = "lb_xdp"
+	lbVarLbFlowMask    = "lb_flow_mask"
 )
 
 // loadLb returns the embedded CollectionSpec for lb.
@@ -230,10 +230,10 @@ type lbSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbProgramSpecs struct {
-	LbDecap       *ebpf.ProgramSpec `ebpf:"lb_decap"`
-	LbRevnat      *ebpf.ProgramSpec `ebpf:"lb_revnat"`
-	LbRnatUpgrade *ebpf.ProgramSpec `ebpf:"lb_rnat_upgrade"`
-	LbXdp         *ebpf.ProgramSpec `ebpf:"lb_xdp"`
+	LbDecap   *ebpf.ProgramSpec `ebpf:"lb_decap"`
+	LbRevnat  *ebpf.ProgramSpec `ebpf:"lb_revnat"`
+	LbUpgrade *ebpf.ProgramSpec `ebpf:"lb_upgrade"`
+	LbXdp     *ebpf.ProgramSpec `ebpf:"lb_xdp"`
 }
 
 // lbMapSpecs contains maps before they are loaded into the kernel.
@@ -241,10 +241,11 @@ type lbProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbMapSpecs struct {
 	LbBackends2   *ebpf.MapSpec `ebpf:"lb_backends2"`
-	LbFlows2      *ebpf.MapSpec `ebpf:"lb_flows2"`
+	LbFlows3      *ebpf.MapSpec `ebpf:"lb_flows3"`
+	LbFlowsOld    *ebpf.MapSpec `ebpf:"lb_flows_old"`
 	LbFrags       *ebpf.MapSpec `ebpf:"lb_frags"`
 	LbMaglev      *ebpf.MapSpec `ebpf:"lb_maglev"`
-	LbRnat2       *ebpf.MapSpec `ebpf:"lb_rnat2"`
+	LbRnat2Old    *ebpf.MapSpec `ebpf:"lb_rnat2_old"`
 	LbRnatOld     *ebpf.MapSpec `ebpf:"lb_rnat_old"`
 	LbRnatScratch *ebpf.MapSpec `ebpf:"lb_rnat_scratch"`
 	LbRnatSpill   *ebpf.MapSpec `ebpf:"lb_rnat_spill"`
@@ -265,7 +266,6 @@ type lbMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type lbVariableSpecs struct {
 	LbFlowMask *ebpf.VariableSpec `ebpf:"lb_flow_mask"`
-	LbRnatMask *ebpf.VariableSpec `ebpf:"lb_rnat_mask"`
 }
 
 // lbObjects contains all objects after they have been loaded into the kernel.
@@ -289,10 +289,11 @@ func (o *lbObjects) Close() error {
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbMaps struct {
 	LbBackends2   *ebpf.Map `ebpf:"lb_backends2"`
-	LbFlows2      *ebpf.Map `ebpf:"lb_flows2"`
+	LbFlows3      *ebpf.Map `ebpf:"lb_flows3"`
+	LbFlowsOld    *ebpf.Map `ebpf:"lb_flows_old"`
 	LbFrags       *ebpf.Map `ebpf:"lb_frags"`
 	LbMaglev      *ebpf.Map `ebpf:"lb_maglev"`
-	LbRnat2       *ebpf.Map `ebpf:"lb_rnat2"`
+	LbRnat2Old    *ebpf.Map `ebpf:"lb_rnat2_old"`
 	LbRnatOld     *ebpf.Map `ebpf:"lb_rnat_old"`
 	LbRnatScratch *ebpf.Map `ebpf:"lb_rnat_scratch"`
 	LbRnatSpill   *ebpf.Map `ebpf:"lb_rnat_spill"`
@@ -311,10 +312,11 @@ type lbMaps struct {
 func (m *lbMaps) Close() error {
 	return _LbClose(
 		m.LbBackends2,
-		m.LbFlows2,
+		m.LbFlows3,
+		m.LbFlowsOld,
 		m.LbFrags,
 		m.LbMaglev,
-		m.LbRnat2,
+		m.LbRnat2Old,
 		m.LbRnatOld,
 		m.LbRnatScratch,
 		m.LbRnatSpill,
@@ -336,24 +338,23 @@ func (m *lbMaps) Close() error {
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbVariables struct {
 	LbFlowMask *ebpf.Variable `ebpf:"lb_flow_mask"`
-	LbRnatMask *ebpf.Variable `ebpf:"lb_rnat_mask"`
 }
 
 // lbPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadLbObjects or ebpf.CollectionSpec.LoadAndAssign.
 type lbPrograms struct {
-	LbDecap       *ebpf.Program `ebpf:"lb_decap"`
-	LbRevnat      *ebpf.Program `ebpf:"lb_revnat"`
-	LbRnatUpgrade *ebpf.Program `ebpf:"lb_rnat_upgrade"`
-	LbXdp         *ebpf.Program `ebpf:"lb_xdp"`
+	LbDecap   *ebpf.Program `ebpf:"lb_decap"`
+	LbRevnat  *ebpf.Program `ebpf:"lb_revnat"`
+	LbUpgrade *ebpf.Program `ebpf:"lb_upgrade"`
+	LbXdp     *ebpf.Program `ebpf:"lb_xdp"`
 }
 
 func (p *lbPrograms) Close() error {
 	return _LbClose(
 		p.LbDecap,
 		p.LbRevnat,
-		p.LbRnatUpgrade,
+		p.LbUpgrade,
 		p.LbXdp,
 	)
 }

@@ -21,10 +21,10 @@ type Options struct {
 	// Uplinks get lb_xdp (XDP) and lb_revnat (TCX egress). Links of
 	// interfaces not listed are removed.
 	Uplinks []string
-	// FlowEntries overrides the capacity of the flow table lb_flows2
+	// FlowEntries overrides the capacity of the flow table lb_flows3
 	// (rounded down to a power of two, at least LB_FLOW_WAYS) when it is
-	// created; a pinned table keeps its size. The reverse-NAT table
-	// lb_rnat2 is created with the flow table's size.
+	// created; a pinned table keeps its size, and one that replaces an
+	// older qbo's lb_flows2 takes that table's size.
 	FlowEntries uint32
 	// MaglevSlots overrides the size of the flat Maglev array (only when
 	// it is created).
@@ -35,40 +35,53 @@ type Options struct {
 type Objects struct {
 	objs  lbObjects
 	links map[string]link.Link
-	// oldRevNAT is the pin of lb_rnat, the reverse-NAT table of an older
-	// qbo, while its entries are being copied into lb_rnat2.
-	oldRevNAT string
-	copied    RevNATCopy
-	pinDir    string
+	// upgrade holds the pins of an older qbo's tables (oldTables) that
+	// exist, while their entries are being copied into lb_flows3.
+	upgrade []string
+	copied  UpgradeCopy
+	pinDir  string
 }
 
-// RevNATCopy counts what Load copied from lb_rnat, the reverse-NAT table
-// (an LRU hash) that lb_rnat2 replaced.
-type RevNATCopy struct {
-	// Copied entries; Replaced of them took the way of another entry,
-	// whose reply is no longer translated (its set was full).
-	Copied, Replaced int
+// oldTables are the flow and reverse-NAT tables of older qbo versions,
+// by pin name, and the lb.c map that stands in for each while lb_upgrade
+// copies it into lb_flows3.
+var oldTables = []struct{ pin, stand string }{
+	{"lb_flows2", "lb_flows_old"}, // flow sets chosen by the whole key
+	{"lb_rnat2", "lb_rnat2_old"},  // reply sets
+	{"lb_rnat", "lb_rnat_old"},    // an LRU hash of replies
 }
 
-// RevNATCopied reports the copy from lb_rnat; ok is false when there was
-// no such table to copy.
-func (o *Objects) RevNATCopied() (c RevNATCopy, ok bool) { return o.copied, o.oldRevNAT != "" }
+// UpgradeCopy counts what Load copied from an older qbo's tables.
+type UpgradeCopy struct {
+	// Flows copied from lb_flows2; Replaced of them took the way of
+	// another flow (its set was full), which re-picks its backend at its
+	// next packet and, for a NAT flow in use, kept its reply's
+	// translation in lb_rnat_spill.
+	Flows, Replaced int
+	// Replies of lb_rnat2 or lb_rnat whose flow was not in lb_flows2,
+	// copied into lb_rnat_spill.
+	Replies int
+}
+
+// Upgraded reports the copy from an older qbo's tables; ok is false when
+// there was none to copy.
+func (o *Objects) Upgraded() (c UpgradeCopy, ok bool) { return o.copied, len(o.upgrade) != 0 }
 
 // Load loads the object (reusing pinned maps), and attaches it to the
 // uplinks: a pinned link running the same program is kept, one running
 // another program is updated in place (link.Update swaps the program
 // atomically, so no packet misses the balancer during an upgrade).
 //
-// Upgrading from a qbo whose reverse-NAT table was lb_rnat, it copies that
-// table into lb_rnat2 before attaching (so the new lb_revnat finds every
-// reply the old one did) and again after (for the flows the old lb_xdp
-// recorded until its link was updated), then removes lb_rnat's pin.
+// Upgrading from a qbo whose tables were lb_flows2 and lb_rnat2 (or lb_rnat),
+// it copies them into lb_flows3 before attaching (so the new programs find
+// every flow and reply the old ones did) and again after (for the flows the
+// old lb_xdp recorded until its link was updated), then removes their pins.
 func Load(opts Options) (*Objects, error) {
 	o, err := load(opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := o.copyRevNAT(); err != nil {
+	if err := o.copyOld(); err != nil {
 		o.Close()
 		return nil, err
 	}
@@ -84,7 +97,8 @@ func Load(opts Options) (*Objects, error) {
 }
 
 // LoadUnattached loads the object and its pinned maps without touching any
-// interface (tests, benchmarks); like Load, it copies and removes lb_rnat.
+// interface (tests, benchmarks); like Load, it copies and removes an older
+// qbo's tables.
 func LoadUnattached(opts Options) (*Objects, error) {
 	o, err := load(opts)
 	if err != nil {
@@ -109,18 +123,19 @@ func load(opts Options) (*Objects, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading lb object: %w", err)
 	}
-	// The set-associative tables: a pinned one keeps its size, a new one
-	// is sized by the options, lb_rnat2 like the flow table; each
-	// program's set mask follows the map it will use.
-	flowSets := spec.Maps["lb_flows2"].MaxEntries
+	// The flow table: a pinned one keeps its size, a new one takes the
+	// size of the table it replaces or else the options'; the program's
+	// set mask follows it.
+	flowSets := spec.Maps["lb_flows3"].MaxEntries
 	if opts.FlowEntries != 0 {
 		flowSets = max(1, prevPow2(opts.FlowEntries/FlowWays))
 	}
-	flowSets, err = sizeSets(spec, pinDir, "lb_flows2", "lb_flow_mask", flowSets)
-	if err != nil {
-		return nil, err
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "lb_flows2"), nil); err == nil {
+		flowSets = m.MaxEntries()
+		m.Close()
 	}
-	if _, err := sizeSets(spec, pinDir, "lb_rnat2", "lb_rnat_mask", flowSets); err != nil {
+	flowSets, err = sizeSets(spec, pinDir, "lb_flows3", "lb_flow_mask", flowSets)
+	if err != nil {
 		return nil, err
 	}
 	// lb_rnat_spill holds as many entries as the flow table (or keeps the
@@ -134,25 +149,27 @@ func load(opts Options) (*Objects, error) {
 		spec.Maps["lb_maglev"].MaxEntries = opts.MaglevSlots
 	}
 	o := &Objects{links: map[string]link.Link{}, pinDir: pinDir}
-	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
-	oldPath := filepath.Join(pinDir, "lb_rnat")
-	old, err := ebpf.LoadPinnedMap(oldPath, nil)
-	switch {
-	case err == nil:
-		defer old.Close()
-		spec.Maps["lb_rnat_old"].MaxEntries = old.MaxEntries()
-		copts.MapReplacements = map[string]*ebpf.Map{"lb_rnat_old": old}
-		o.oldRevNAT = oldPath
-	case errors.Is(err, os.ErrNotExist):
-		// Nothing to copy: a placeholder, released right after loading.
-		spec.Maps["lb_rnat_old"].MaxEntries = 1
-	default:
-		return nil, fmt.Errorf("opening lb_rnat of an older qbo: %w", err)
+	copts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}, MapReplacements: map[string]*ebpf.Map{}}
+	for _, t := range oldTables {
+		path := filepath.Join(pinDir, t.pin)
+		old, err := ebpf.LoadPinnedMap(path, nil)
+		switch {
+		case err == nil:
+			defer old.Close()
+			spec.Maps[t.stand].MaxEntries = old.MaxEntries()
+			copts.MapReplacements[t.stand] = old
+			o.upgrade = append(o.upgrade, path)
+		case errors.Is(err, os.ErrNotExist):
+			// Nothing to copy: a placeholder, released after loading.
+			spec.Maps[t.stand].MaxEntries = 1
+		default:
+			return nil, fmt.Errorf("opening %s of an older qbo: %w", t.pin, err)
+		}
 	}
 	if err := spec.LoadAndAssign(&o.objs, copts); err != nil {
 		return nil, fmt.Errorf("loading lb object: %w", err)
 	}
-	if o.oldRevNAT == "" {
+	if len(o.upgrade) == 0 {
 		o.releaseUpgrade()
 	}
 	return o, nil
@@ -179,42 +196,45 @@ func sizeSets(spec *ebpf.CollectionSpec, pinDir, name, mask string, sets uint32)
 	return sets, nil
 }
 
-// copyRevNAT runs lb_rnat_upgrade: lb_rnat's entries that lb_rnat2 lacks
-// are inserted into it.
-func (o *Objects) copyRevNAT() error {
-	if o.objs.LbRnatUpgrade == nil {
+// copyOld runs lb_upgrade: what the older tables hold and lb_flows3 lacks
+// is inserted into it.
+func (o *Objects) copyOld() error {
+	if o.objs.LbUpgrade == nil {
 		return nil
 	}
-	var st lbLbRnatUpgradeStats
-	if _, err := o.objs.LbRnatUpgrade.Run(&ebpf.RunOptions{Context: &st, ContextOut: &st}); err != nil {
-		return fmt.Errorf("copying lb_rnat into lb_rnat2: %w", err)
+	var st lbLbUpgradeStats
+	if _, err := o.objs.LbUpgrade.Run(&ebpf.RunOptions{Context: &st, ContextOut: &st}); err != nil {
+		return fmt.Errorf("copying an older qbo's flow tables into lb_flows3: %w", err)
 	}
-	o.copied.Copied += int(st.Copied)
+	o.copied.Flows += int(st.Flows)
 	o.copied.Replaced += int(st.Replaced)
+	o.copied.Replies += int(st.Replies)
 	return nil
 }
 
 // finishUpgrade takes over what an older qbo left pinned, once the old
-// programs (detached by now) no longer write to it: lb_rnat (finishRevNAT)
-// and lb_stats (adoptStats).
+// programs (detached by now) no longer write to it: its flow tables
+// (finishTables) and lb_stats (adoptStats).
 func (o *Objects) finishUpgrade() error {
-	if err := o.finishRevNAT(); err != nil {
+	if err := o.finishTables(); err != nil {
 		return err
 	}
 	return o.adoptStats()
 }
 
-// finishRevNAT copies lb_rnat (again), removes its pin and releases the
-// upgrade program.
-func (o *Objects) finishRevNAT() error {
-	if o.objs.LbRnatUpgrade == nil {
+// finishTables copies the older tables (again), removes their pins and
+// releases the upgrade program.
+func (o *Objects) finishTables() error {
+	if o.objs.LbUpgrade == nil {
 		return nil
 	}
-	if err := o.copyRevNAT(); err != nil {
+	if err := o.copyOld(); err != nil {
 		return err
 	}
-	if err := os.Remove(o.oldRevNAT); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("removing lb_rnat: %w", err)
+	for _, path := range o.upgrade {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing %s: %w", filepath.Base(path), err)
+		}
 	}
 	o.releaseUpgrade()
 	return nil
@@ -256,9 +276,11 @@ func (o *Objects) adoptStats() error {
 }
 
 func (o *Objects) releaseUpgrade() {
-	o.objs.LbRnatUpgrade.Close()
+	o.objs.LbUpgrade.Close()
+	o.objs.LbFlowsOld.Close()
+	o.objs.LbRnat2Old.Close()
 	o.objs.LbRnatOld.Close()
-	o.objs.LbRnatUpgrade, o.objs.LbRnatOld = nil, nil
+	o.objs.LbUpgrade, o.objs.LbFlowsOld, o.objs.LbRnat2Old, o.objs.LbRnatOld = nil, nil, nil, nil
 }
 
 func (o *Objects) attach(opts Options) error {
@@ -341,8 +363,7 @@ func Detach(pinDir string) error {
 	return nil
 }
 
-// FlowWays is LB_FLOW_WAYS: entries per set of the flow and reverse-NAT
-// tables.
+// FlowWays is LB_FLOW_WAYS: entries per set of the flow table.
 const FlowWays = 4
 
 func prevPow2(n uint32) uint32 {
@@ -357,12 +378,11 @@ func prevPow2(n uint32) uint32 {
 func (o *Objects) Services() *ebpf.Map  { return o.objs.LbSvc }
 func (o *Objects) Backends() *ebpf.Map  { return o.objs.LbBackends2 }
 func (o *Objects) Maglev() *ebpf.Map    { return o.objs.LbMaglev }
-func (o *Objects) Flows() *ebpf.Map     { return o.objs.LbFlows2 }
+func (o *Objects) Flows() *ebpf.Map     { return o.objs.LbFlows3 }
 func (o *Objects) VIPFilter() *ebpf.Map { return o.objs.LbVipf }
-func (o *Objects) RevNAT() *ebpf.Map    { return o.objs.LbRnat2 }
 
-// RevNATSpill is lb_rnat_spill, where reverse-NAT entries displaced from
-// lb_rnat2's sets go.
+// RevNATSpill is lb_rnat_spill, where the replies' translations of NAT
+// flows evicted from lb_flows3 while in use go.
 func (o *Objects) RevNATSpill() *ebpf.Map { return o.objs.LbRnatSpill }
 func (o *Objects) Frags() *ebpf.Map       { return o.objs.LbFrags }
 func (o *Objects) Stats() *ebpf.Map       { return o.objs.LbStats2 }

@@ -96,10 +96,9 @@ func (s *lbSystem) start(ctx context.Context, d *daemon, wg *sync.WaitGroup) (er
 	if err != nil {
 		return err
 	}
-	if c, ok := obj.RevNATCopied(); ok {
-		// Replaced entries were live translations that found their set
-		// full: those flows' replies now leave untranslated.
-		s.log.Info("reverse-NAT table lb_rnat copied into lb_rnat2 and removed", "copied", c.Copied, "replaced", c.Replaced)
+	if c, ok := obj.Upgraded(); ok {
+		s.log.Info("flow and reverse-NAT tables of an older qbo copied into lb_flows3 and removed",
+			"flows", c.Flows, "replaced", c.Replaced, "replies_spilled", c.Replies)
 	}
 	// The socket hooks share bpf/lb's maps (pinned by name), so they load
 	// after it. Without them, traffic from outside is still balanced.

@@ -412,7 +412,7 @@ func (d *Datapath) FlowCounts() (map[uint32]int, error) {
 	m := d.obj.Flows()
 	mem, err := m.Memory()
 	if err != nil {
-		return nil, fmt.Errorf("mapping lb_flows2: %w", err)
+		return nil, fmt.Errorf("mapping lb_flows3: %w", err)
 	}
 	n := flowSetSize * int(m.MaxEntries())
 	if len(d.flowBuf) != n {
@@ -420,7 +420,7 @@ func (d *Datapath) FlowCounts() (map[uint32]int, error) {
 	}
 	raw := d.flowBuf
 	if _, err := mem.ReadAt(raw, 0); err != nil {
-		return nil, fmt.Errorf("reading lb_flows2: %w", err)
+		return nil, fmt.Errorf("reading lb_flows3: %w", err)
 	}
 	out := map[uint32]int{}
 	for off := 0; off < len(raw); off += flowSetSize {

@@ -11,13 +11,12 @@ import (
 	"github.com/qbo/qbo/lb"
 )
 
-// newSmallEnv is newEnv with flow and reverse-NAT tables of one set (4
-// entries) each.
+// newSmallEnv is newEnv with a flow table of one set (4 entries).
 func newSmallEnv(t *testing.T) *env {
 	t.Helper()
 	e := loadEnv(t, bpflb.Options{PinDir: tempPin(t), FlowEntries: bpflb.FlowWays})
-	if f, r := e.obj.Flows().MaxEntries(), e.obj.RevNAT().MaxEntries(); f != 1 || r != 1 {
-		t.Fatalf("flow table has %d sets, reverse-NAT table %d, want 1 each", f, r)
+	if f := e.obj.Flows().MaxEntries(); f != 1 {
+		t.Fatalf("flow table has %d sets, want 1", f)
 	}
 	return e
 }

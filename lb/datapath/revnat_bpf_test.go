@@ -5,6 +5,7 @@ package datapath
 import (
 	"encoding/binary"
 	"errors"
+	"math/bits"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -84,10 +85,11 @@ func TestRevNAT(t *testing.T) {
 	}
 }
 
-// TestRevNATReplacesLeastRecentlyUsed fills the one reverse-NAT set, lets
-// a reply refresh the oldest entry, and checks that the reverse entry of a
-// fifth NAT flow replaces the least recently used one: that flow's reply
-// is no longer translated, the others' still are.
+// TestRevNATReplacesLeastRecentlyUsed fills the one flow set with NAT
+// flows, lets a reply refresh the oldest (a reply uses its flow's entry),
+// and checks that a fifth flow replaces the least recently used one, whose
+// reply keeps its translation in lb_rnat_spill (it is four inserts old at
+// most: in use).
 func TestRevNATReplacesLeastRecentlyUsed(t *testing.T) {
 	e := newSmallEnv(t)
 	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
@@ -124,18 +126,8 @@ func TestRevNATReplacesLeastRecentlyUsed(t *testing.T) {
 	if !found[1002] || len(found) != 1 {
 		t.Errorf("lb_rnat_spill holds the replies to %v, want 1002's", found)
 	}
-	var s bpflb.RevNATSet
-	if err := e.obj.RevNAT().Lookup(uint32(0), &s); err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for i, w := range s.Way {
-		if s.Head.Tag[i] != 0 && Port(w.Key.Dport) == 1005 {
-			n++
-		}
-	}
-	if n != 1 {
-		t.Fatalf("the set holds %d entries of 1005, want 1", n)
+	if got := e.inSet(); got[1002] || len(got) != 4 {
+		t.Fatalf("the set holds %v, want 1001 1003 1004 1005", got)
 	}
 }
 
@@ -172,30 +164,39 @@ func TestRevNATDropsStaleVictim(t *testing.T) {
 	}
 }
 
-// TestRevNATKeptForLiveFlow: a NAT flow whose client keeps sending while
-// its replies pause keeps its reverse entry. Its reverse entry is the
-// least recently used of a full set and four inserts old, as a stale one,
-// but its flow had a packet after an insert into the flow set: the entry
-// moves to lb_rnat_spill instead of being dropped.
+// TestRevNATKeptForLiveFlow: a NAT flow that had a packet after an insert
+// into its set is in use even when it has been outlived by a set's worth
+// of inserts: evicted, its reply's translation moves to lb_rnat_spill
+// instead of being dropped as stale. Ways fill in order and ties go to
+// the lower way, so 1004 (way 3) is the last of the first four to go.
 func TestRevNATKeptForLiveFlow(t *testing.T) {
 	e := newSmallEnv(t)
 	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
 	backend, service := ap("10.199.1.2:8080"), netip.AddrPortFrom(vip4, 80)
 	send := func(sp uint16) { e.run(pktSpec{src: client4, dst: vip4, sport: sp, dport: 80, proto: 6}.bytes()) }
 	for sp := uint16(1001); sp <= 1004; sp++ {
-		send(sp)
+		send(sp) // clock 1-4
 	}
 	stale, spills := e.stat("rnat_stale"), e.stat("rnat_spill")
-	send(1001) // no reply since it opened
-	send(1005)
-	if got := e.reply(backend, netip.AddrPortFrom(client4, 1001), 6); got != service {
-		t.Errorf("reply of 1001 leaves from %v, want %v", got, service)
+	send(1005) // clock 5: 1001 goes, 4 inserts old: stale
+	send(1004) // a packet after an insert: 1004 is in use from now on
+	send(1006) // 1002 goes, stale
+	send(1007) // 1003 goes, stale
+	send(1008) // 1005 (way 0) and 1004 both last used at 5: 1005 goes, 3 inserts old
+	send(1009) // 1004 goes, 4 inserts old, but in use
+	if got := e.inSet(); got[1004] || len(got) != 4 {
+		t.Fatalf("the set holds %v, want 1006-1009", got)
 	}
-	if n := e.stat("rnat_stale") - stale; n != 0 {
-		t.Errorf("%d entries dropped as stale, want none", n)
+	if n := e.stat("rnat_stale") - stale; n != 3 {
+		t.Errorf("%d entries dropped as stale, want 3 (1001-1003)", n)
 	}
-	if n := e.stat("rnat_spill") - spills; n != 1 {
-		t.Errorf("%d entries spilled, want 1", n)
+	if n := e.stat("rnat_spill") - spills; n != 2 {
+		t.Errorf("%d entries spilled, want 2 (1005, 1004)", n)
+	}
+	for sp, want := range map[uint16]netip.AddrPort{1001: backend, 1004: service, 1005: service, 1009: service} {
+		if got := e.reply(backend, netip.AddrPortFrom(client4, sp), 6); got != want {
+			t.Errorf("reply of %d leaves from %v, want %v", sp, got, want)
+		}
 	}
 }
 
@@ -243,19 +244,16 @@ func TestStatsUpgrade(t *testing.T) {
 	}
 }
 
-// TestRevNATTornEntryIsAMiss gives the reverse-NAT entry of a NAT flow a
-// VIP that its check word was not computed for (what a reader sees in the
-// middle of a concurrent write): the reply must leave untranslated, not
-// from that VIP. Restoring the entry translates it again.
+// TestRevNATTornEntryIsAMiss gives the entry of a NAT flow a service that
+// its check word was not computed for (what a reader sees in the middle of
+// a concurrent write): the reply must leave untranslated. Restoring the
+// entry translates it again.
 func TestRevNATTornEntryIsAMiss(t *testing.T) {
 	e := newSmallEnv(t)
 	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
 	backend, client := ap("10.199.1.2:8080"), netip.AddrPortFrom(client4, 2000)
 	e.run(pktSpec{src: client4, dst: vip4, sport: 2000, dport: 80, proto: 6}.bytes())
-	var s bpflb.RevNATSet
-	if err := e.obj.RevNAT().Lookup(uint32(0), &s); err != nil {
-		t.Fatal(err)
-	}
+	s := e.flowSet()
 	way := -1
 	for i := range s.Way {
 		if s.Head.Tag[i] != 0 {
@@ -263,19 +261,19 @@ func TestRevNATTornEntryIsAMiss(t *testing.T) {
 		}
 	}
 	if way < 0 {
-		t.Fatal("reverse entry not recorded")
+		t.Fatal("flow not recorded")
 	}
 	good := s
-	s.Way[way].Val = revNATVal(ap("10.199.100.9:80"))
+	s.Way[way].Service++
 	for _, c := range []struct {
 		name string
-		set  bpflb.RevNATSet
+		set  bpflb.FlowSet
 		want netip.AddrPort
 	}{
 		{"torn", s, backend},
 		{"restored", good, netip.AddrPortFrom(vip4, 80)},
 	} {
-		if err := e.obj.RevNAT().Put(uint32(0), c.set); err != nil {
+		if err := e.obj.Flows().Put(uint32(0), c.set); err != nil {
 			t.Fatal(err)
 		}
 		if got := e.reply(backend, client, 6); got != c.want {
@@ -284,34 +282,72 @@ func TestRevNATTornEntryIsAMiss(t *testing.T) {
 	}
 }
 
-// pinOldRevNAT pins lb_rnat in pin as qbo before lb_rnat2 created it (an
-// LRU hash, reply 5-tuple -> VIP) and puts entries into it.
-func pinOldRevNAT(t *testing.T, pin string, entries map[bpflb.FlowKey]bpflb.RevNATVal) {
+// The check words of an older qbo's tables (lb_flow_check, lb_rnat_check
+// in lb.c).
+func flowCheck(tag, backend, service uint32) uint32 {
+	return tag ^ backend*0x9e3779b1 ^ service*0x85ebca77
+}
+
+func revNATCheck(tag uint32, v bpflb.RevNATVal) uint32 {
+	a := v.Vip[0] ^ bits.RotateLeft32(v.Vip[1], 8) ^ bits.RotateLeft32(v.Vip[2], 16) ^ bits.RotateLeft32(v.Vip[3], 24)
+	return tag ^ a*0x9e3779b1 ^ uint32(v.Vport)*0x85ebca77
+}
+
+// pinOld pins an older qbo's table name in pin, as that qbo created it:
+// lb_flows2 and lb_rnat2 (arrays of 8 sets), lb_rnat (an LRU hash).
+func pinOld(t *testing.T, pin, name string) *ebpf.Map {
 	t.Helper()
-	m, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
-		Name: "lb_rnat", Type: ebpf.LRUHash, KeySize: 40, ValueSize: 20,
-		MaxEntries: 1024, Flags: 2, /* BPF_F_NO_COMMON_LRU */
-		Pinning: ebpf.PinByName,
-	}, ebpf.MapOptions{PinPath: pin})
+	spec := &ebpf.MapSpec{Name: name, Type: ebpf.Array, KeySize: 4, MaxEntries: 8, Flags: 1 << 10, Pinning: ebpf.PinByName}
+	switch name {
+	case "lb_flows2":
+		spec.ValueSize = 256
+	case "lb_rnat2":
+		spec.ValueSize = 320
+	case "lb_rnat":
+		spec = &ebpf.MapSpec{Name: name, Type: ebpf.LRUHash, KeySize: 40, ValueSize: 20,
+			MaxEntries: 1024, Flags: 2 /* BPF_F_NO_COMMON_LRU */, Pinning: ebpf.PinByName}
+	}
+	m, err := ebpf.NewMapWithOptions(spec, ebpf.MapOptions{PinPath: pin})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer m.Close()
-	for k, v := range entries {
-		if err := m.Put(k, v); err != nil {
-			t.Fatal(err)
-		}
-	}
+	t.Cleanup(func() { m.Close() })
+	return m
 }
 
-// TestRevNATUpgrade loads over a pin directory that holds lb_rnat, the
-// reverse-NAT table of an older qbo: its entries are copied into lb_rnat2
-// (a reply lb_rnat2 already holds keeps its entry) and its pin removed.
-// The second case goes through Load (copy, attach to no uplink, copy
-// again), the first through LoadUnattached.
-func TestRevNATUpgrade(t *testing.T) {
+// flows lists the flow table's entries whose tag is set.
+func (e *env) flows() []bpflb.FlowEnt {
+	e.t.Helper()
+	var out []bpflb.FlowEnt
+	var s bpflb.FlowSet
+	for i := range e.obj.Flows().MaxEntries() {
+		if err := e.obj.Flows().Lookup(i, &s); err != nil {
+			e.t.Fatal(err)
+		}
+		for w := range s.Way {
+			if s.Head.Tag[w] != 0 {
+				out = append(out, s.Way[w])
+			}
+		}
+	}
+	return out
+}
+
+// TestUpgradeCopiesOldTables loads over a pin directory that holds an
+// older qbo's flow table (lb_flows2) and reverse-NAT tables (lb_rnat2 and
+// the older lb_rnat): its intact flows are copied into lb_flows3, where
+// the new lb_revnat also finds their replies; replies whose flow the old
+// flow table no longer held go to lb_rnat_spill; what lb_flows3 already
+// holds keeps its entry; a torn entry is not copied; the old pins are
+// removed. The second case goes through Load (copy, attach to no uplink,
+// copy again), the first through LoadUnattached.
+func TestUpgradeCopiesOldTables(t *testing.T) {
 	backend := ap("10.199.1.2:8080")
-	oldOnly, both := netip.AddrPortFrom(client4, 5555), netip.AddrPortFrom(client4, 6000)
+	both := netip.AddrPortFrom(client4, 6000)    // in lb_flows3 and lb_rnat
+	oldFlow := netip.AddrPortFrom(client4, 7000) // in lb_flows2 only
+	torn := netip.AddrPortFrom(client4, 7001)    // in lb_flows2, check wrong
+	fromRnat := netip.AddrPortFrom(client4, 5555)
+	fromRnat2 := netip.AddrPortFrom(client4, 5556)
 	for _, c := range []struct {
 		name string
 		load func(bpflb.Options) (*bpflb.Objects, error)
@@ -321,34 +357,75 @@ func TestRevNATUpgrade(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			pin := tempPin(t)
-			// A NAT flow recorded by the new lb_xdp before lb_rnat is
-			// copied (as after the first copy in Load).
-			e := loadEnv(t, bpflb.Options{PinDir: pin})
+			// A NAT flow recorded by the new lb_xdp before the copy (as
+			// after the first copy in Load); its entry names the IDs.
+			e := loadEnv(t, bpflb.Options{PinDir: pin, FlowEntries: 64 * bpflb.FlowWays})
 			e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be(backend.String())}})
 			e.run(pktSpec{src: client4, dst: vip4, sport: both.Port(), dport: 80, proto: 6}.bytes())
+			recorded := e.flows()
+			if len(recorded) != 1 {
+				t.Fatalf("%d flows recorded, want 1", len(recorded))
+			}
+			bid, sid := recorded[0].Backend, recorded[0].Service
 			e.obj.Close()
-			pinOldRevNAT(t, pin, map[bpflb.FlowKey]bpflb.RevNATVal{
-				replyKey(backend, oldOnly, 6): revNATVal(ap("10.199.100.7:443")),
-				replyKey(backend, both, 6):    revNATVal(ap("10.199.100.9:99")),
-			})
+
+			var fs bpflb.FlowSet
+			for w, sp := range []uint16{oldFlow.Port(), torn.Port()} {
+				tag := uint32(0x1000*w) | 1
+				fs.Head.Tag[w] = tag
+				fs.Head.Check[w] = flowCheck(tag, bid, sid)
+				fs.Way[w] = bpflb.FlowEnt{Key: bpflb.FlowKey{Saddr: Addr4(client4), Daddr: Addr4(vip4),
+					Sport: Port(sp), Dport: Port(80), Proto: 6, Family: 4}, Backend: bid, Service: sid}
+			}
+			fs.Head.Check[1]++ // torn
+			if err := pinOld(t, pin, "lb_flows2").Put(uint32(3), fs); err != nil {
+				t.Fatal(err)
+			}
+			var rs bpflb.RevNATSet
+			rs.Head.Tag[2] = 0x4321
+			rs.Way[2] = bpflb.RevNATEnt{Key: replyKey(backend, fromRnat2, 6), Val: revNATVal(ap("10.199.100.8:443"))}
+			rs.Head.Check[2] = revNATCheck(rs.Head.Tag[2], rs.Way[2].Val)
+			if err := pinOld(t, pin, "lb_rnat2").Put(uint32(5), rs); err != nil {
+				t.Fatal(err)
+			}
+			rn := pinOld(t, pin, "lb_rnat")
+			for k, v := range map[bpflb.FlowKey]bpflb.RevNATVal{
+				replyKey(backend, fromRnat, 6): revNATVal(ap("10.199.100.7:443")),
+				replyKey(backend, both, 6):     revNATVal(ap("10.199.100.9:99")),
+				replyKey(backend, oldFlow, 6):  revNATVal(ap("10.199.100.9:98")),
+			} {
+				if err := rn.Put(k, v); err != nil {
+					t.Fatal(err)
+				}
+			}
 
 			obj, err := c.load(bpflb.Options{PinDir: pin})
 			if err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { obj.Close() })
-			if got, ok := obj.RevNATCopied(); !ok || got != (bpflb.RevNATCopy{Copied: 1}) {
-				t.Fatalf("copied %+v (ok %v), want 1 entry", got, ok)
+			if got, ok := obj.Upgraded(); !ok || got != (bpflb.UpgradeCopy{Flows: 1, Replies: 2}) {
+				t.Fatalf("copied %+v (ok %v), want 1 flow and 2 replies", got, ok)
 			}
-			if _, err := os.Stat(filepath.Join(pin, "lb_rnat")); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("lb_rnat still pinned: %v", err)
+			for _, name := range []string{"lb_flows2", "lb_rnat2", "lb_rnat"} {
+				if _, err := os.Stat(filepath.Join(pin, name)); !errors.Is(err, os.ErrNotExist) {
+					t.Fatalf("%s still pinned: %v", name, err)
+				}
 			}
 			e = &env{t: t, obj: obj, dp: New(obj), state: lb.NewState()}
-			if got := e.reply(backend, oldOnly, 6); got != ap("10.199.100.7:443") {
-				t.Fatalf("reply of the copied entry leaves from %v", got)
+			if n := len(e.flows()); n != 2 {
+				t.Errorf("lb_flows3 holds %d flows, want 2 (%v, %v)", n, both, oldFlow)
 			}
-			if got := e.reply(backend, both, 6); got != netip.AddrPortFrom(vip4, 80) {
-				t.Fatalf("reply of the entry lb_rnat2 held leaves from %v", got)
+			for client, want := range map[netip.AddrPort]netip.AddrPort{
+				both:      netip.AddrPortFrom(vip4, 80), // lb_flows3's own entry wins
+				oldFlow:   netip.AddrPortFrom(vip4, 80), // its copied flow entry
+				fromRnat:  ap("10.199.100.7:443"),
+				fromRnat2: ap("10.199.100.8:443"),
+				torn:      backend,
+			} {
+				if got := e.reply(backend, client, 6); got != want {
+					t.Errorf("reply to %v leaves from %v, want %v", client, got, want)
+				}
 			}
 
 			obj2, err := c.load(bpflb.Options{PinDir: pin})
@@ -356,30 +433,28 @@ func TestRevNATUpgrade(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer obj2.Close()
-			if _, ok := obj2.RevNATCopied(); ok {
-				t.Fatal("a second load found lb_rnat again")
+			if _, ok := obj2.Upgraded(); ok {
+				t.Fatal("a second load found old tables again")
 			}
 		})
 	}
 }
 
-// TestLoadKeepsPinnedTableSizes loads over tables pinned with a size that
-// differs from the options': each is reused at its size, and lb_rnat2,
-// created after lb_flows2, takes the flow table's size.
+// TestLoadKeepsPinnedTableSizes loads over a flow table pinned with a size
+// that differs from the options': it is reused at its size. A new flow
+// table that replaces an older qbo's lb_flows2 takes that table's size.
 func TestLoadKeepsPinnedTableSizes(t *testing.T) {
 	pin := tempPin(t)
 	e := loadEnv(t, bpflb.Options{PinDir: pin, FlowEntries: 8 * bpflb.FlowWays})
 	e.obj.Close()
-	if err := os.Remove(filepath.Join(pin, "lb_rnat2")); err != nil {
-		t.Fatal(err)
-	}
 	e = loadEnv(t, bpflb.Options{PinDir: pin})
-	if f, r := e.obj.Flows().MaxEntries(), e.obj.RevNAT().MaxEntries(); f != 8 || r != 8 {
-		t.Fatalf("flow table has %d sets, reverse-NAT table %d, want 8 each", f, r)
+	if f := e.obj.Flows().MaxEntries(); f != 8 {
+		t.Fatalf("flow table has %d sets, want 8", f)
 	}
-	// The programs use every set: flows spread over more than one.
+	// The programs use every set: flows spread over more than one, and
+	// each reply finds its flow's set.
 	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
-	for sp := uint16(1000); sp < 1064; sp++ {
+	for sp := uint16(1000); sp < 1016; sp++ {
 		e.run(pktSpec{src: client4, dst: vip4, sport: sp, dport: 80, proto: 6}.bytes())
 		if got := e.reply(ap("10.199.1.2:8080"), netip.AddrPortFrom(client4, sp), 6); got != netip.AddrPortFrom(vip4, 80) {
 			t.Fatalf("reply of %d leaves from %v", sp, got)
@@ -387,8 +462,8 @@ func TestLoadKeepsPinnedTableSizes(t *testing.T) {
 	}
 	used := 0
 	for i := range uint32(8) {
-		var s bpflb.RevNATSet
-		if err := e.obj.RevNAT().Lookup(i, &s); err != nil {
+		var s bpflb.FlowSet
+		if err := e.obj.Flows().Lookup(i, &s); err != nil {
 			t.Fatal(err)
 		}
 		if s.Head.Tag != [4]uint32{} {
@@ -396,6 +471,16 @@ func TestLoadKeepsPinnedTableSizes(t *testing.T) {
 		}
 	}
 	if used < 2 {
-		t.Fatalf("64 flows use %d reverse-NAT sets", used)
+		t.Fatalf("16 flows use %d sets", used)
+	}
+
+	pin = tempPin(t)
+	if err := os.MkdirAll(pin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	pinOld(t, pin, "lb_flows2")
+	e = loadEnv(t, bpflb.Options{PinDir: pin, FlowEntries: 1024})
+	if f := e.obj.Flows().MaxEntries(); f != 8 {
+		t.Fatalf("flow table replacing lb_flows2 has %d sets, want its 8", f)
 	}
 }
