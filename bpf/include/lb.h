@@ -95,7 +95,9 @@ struct lb_flow {
  * flow's next packet re-picks its backend by Maglev (the same one while
  * the backend set is unchanged), but a NAT flow's reply cannot re-derive
  * its VIP: so a NAT flow that is still in use moves its reply's
- * translation to lb_rnat_spill (lb.c) instead of losing it. */
+ * translation to lb_rnat_spill (lb.c) instead of losing it. Flows that
+ * share the client's address and port (one UDP socket sending to several
+ * VIPs) always share a set: from the fifth, they take turns in it. */
 #define LB_FLOW_WAYS 4
 
 /* A set's header (its first cache line): each way's tag and recency, so
