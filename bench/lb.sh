@@ -15,7 +15,7 @@ go test -tags bpftest -run '^$' -bench 'BenchmarkXDPServices' -benchtime 1000000
 echo "== 1M flows round-robin over the 256k-entry flow table, NAT and DSR, each beside an established flow run the same way"
 go test -tags bpftest -run '^$' -bench 'BenchmarkXDPChurn' -benchtime 2000000x ./lb/datapath/ | grep Benchmark
 echo "== control plane: one service with 100 backends (+ Maglev table), 100k services loaded"
-go test -tags bpftest -run '^$' -bench 'BenchmarkControlPlane' -benchtime 100x ./lb/datapath/ | grep Benchmark
+go test -tags bpftest -run '^$' -bench 'BenchmarkControlPlane' -benchtime 1000x ./lb/datapath/ | grep Benchmark
 
 echo "== iptables DNAT (new UDP flows, private namespace): ns per new flow"
 ns=qbo-t-lbbench-$$
