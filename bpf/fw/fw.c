@@ -702,6 +702,22 @@ static __always_inline __u32 fw_probe4(const struct fw_tuple4 *t, __u64 src, __u
 	return fw_tss4_get(w0, w1, gen, seed);
 }
 
+/* fw_probe6 is fw_probe4 for IPv6: fw_key6's words are hdr | src[0] <<
+ * 32, src[1] | src[2] << 32, src[3] | dst[0] << 32, dst[1] | dst[2] << 32,
+ * dst[3] | port << 32 | proto << 48. */
+static __always_inline __u32 fw_probe6(const struct fw_tuple6 *t, const struct fw_fields *f, __u32 gen,
+				       __u64 seed)
+{
+	__u64 k[5];
+	k[0] = t->hdr | (__u64)(f->saddr[0] & t->smask[0]) << 32;
+	k[1] = (f->saddr[1] & t->smask[1]) | (__u64)(f->saddr[2] & t->smask[2]) << 32;
+	k[2] = (f->saddr[3] & t->smask[3]) | (__u64)(f->daddr[0] & t->dmask[0]) << 32;
+	k[3] = (f->daddr[1] & t->dmask[1]) | (__u64)(f->daddr[2] & t->dmask[2]) << 32;
+	k[4] = (f->daddr[3] & t->dmask[3]) | (__u64)(f->dport & t->pmask) << 32 |
+	       (__u64)(f->proto & t->protomask) << 48;
+	return fw_tss6_get(k, gen, seed);
+}
+
 /* fw_search4/6 walk a scope's search list from tuple `from` on and
  * return the lowest rule position any tuple's entry gives, or best if
  * none is lower. The list is sorted by each tuple's best position, so
@@ -729,7 +745,6 @@ static __always_inline __u32 fw_search4(struct fw_scope_val *sc, struct fw_field
 static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_fields *f, __u32 gen, __u64 seed,
 					__u32 from, __u32 best)
 {
-	__u64 k[5];
 	__u32 n = sc->n6;
 
 	for (__u32 i = from; i < FW_MAX_TUPLES; i++) {
@@ -738,18 +753,7 @@ static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_field
 		struct fw_tuple6 *t = &sc->t6[fw_index(i)];
 		if (t->best >= best)
 			break;
-		__u64 s[4], d[4];
-		for (int w = 0; w < 4; w++) {
-			s[w] = f->saddr[w] & t->smask[w];
-			d[w] = f->daddr[w] & t->dmask[w];
-		}
-		/* fw_key6's words: hdr, src[4], dst[4], port, proto. */
-		k[0] = t->hdr | s[0] << 32;
-		k[1] = s[1] | s[2] << 32;
-		k[2] = s[3] | d[0] << 32;
-		k[3] = d[1] | d[2] << 32;
-		k[4] = d[3] | (__u64)(f->dport & t->pmask) << 32 | (__u64)(f->proto & t->protomask) << 48;
-		__u32 pos = fw_tss6_get(k, gen, seed);
+		__u32 pos = fw_probe6(t, f, gen, seed);
 		if (pos < best)
 			best = pos;
 	}
@@ -759,8 +763,8 @@ static __always_inline __u32 fw_search6(struct fw_scope_val *sc, struct fw_field
 /* fw_search returns the best rule position for f in scope si, walking
  * its search list from tuple (from & (FW_MAX_TUPLES - 1)) on, or
  * (from >> 32) if no tuple there gives a lower one. It is the one
- * function call a classified packet may make: for IPv6, and for IPv4
- * once the two tuples fw_classify probes inline leave more to search. A
+ * function call a classified packet may make, once the two tuples
+ * fw_classify probes inline leave more to search. A
  * global function is verified once, on its own, whereas inlined, the
  * whole walk would be verified again for every distinct state the parser
  * and the connection lookup leave, more than the verifier allows. */
@@ -811,7 +815,7 @@ static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u
 	out->slot = FW_SLOT_DEFAULT;
 	out->log = 0;
 
-	/* An IPv4 scope's first tuples are searched here, inlined: a call
+	/* A scope's first two tuples are searched here, inlined: a call
 	 * costs more on this CPU than a tuple's probe (see fw_tss4_get), and
 	 * most scopes have few tuples, or find the deciding rule in their
 	 * first ones (the list is sorted by best position). */
@@ -829,7 +833,16 @@ static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u
 				best = fw_search(f, si, gen, seed, (__u64)best << 32 | 2);
 		}
 	} else {
-		best = fw_search(f, si, gen, seed, (__u64)FW_NO_RULE << 32);
+		__u32 n = sc->n6;
+		if (n > 0)
+			best = fw_probe6(&sc->t6[0], f, gen, seed);
+		if (n > 1 && sc->t6[1].best < best) {
+			__u32 pos = fw_probe6(&sc->t6[1], f, gen, seed);
+			if (pos < best)
+				best = pos;
+			if (n > 2 && sc->t6[2].best < best)
+				best = fw_search(f, si, gen, seed, (__u64)best << 32 | 2);
+		}
 	}
 	if (best >= FW_MAX_RULES)
 		return FW_CLASS_DEFAULT;

@@ -151,6 +151,19 @@ func BenchmarkProgRun(b *testing.B) {
 		apply(s)
 		b.Run(fmt.Sprintf("src-only/rules=%d", n), func(b *testing.B) { runBench(b, empty, egress, frame, drop) })
 	}
+	// The same counts over IPv6: odd rules name a source /128, and the
+	// packet is UDP fd00:ff::1:9 -> fd00:c6::2:9.
+	frame6 := tpkt{src: a("fd00:ff::1"), dst: a("fd00:c6::2"), proto: 17, sport: 9, dport: 9}.build()
+	for _, n := range benchRuleCounts[:2] {
+		s := benchRules(n, "lo")
+		for i := range s.Rules {
+			if s.Rules[i].Src.IsValid() {
+				s.Rules[i].Src = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 14: byte(i >> 8), 15: byte(i)}), 128)
+			}
+		}
+		apply(s)
+		b.Run(fmt.Sprintf("ipv6/rules=%d", n), func(b *testing.B) { runBench(b, empty, egress, frame6, drop) })
+	}
 	// An established flow: allowed once, then found in fw_ct_v3.
 	s := benchRules(1000, "lo")
 	s.Policies = nil
