@@ -31,9 +31,9 @@
  * later fragments (which carry no ports) follow it.
  *
  * Cost: no hash-map lookup and no function call on the path of an
- * established packet, nor on the path of a new IPv4 packet whose scope
- * has at most two tuples worth searching (fw_classify probes those
- * inline); longer walks and IPv6 make one call (fw_search). See
+ * established packet, nor on the path of a new packet whose scope has at
+ * most two tuples worth searching for its family (fw_classify probes
+ * those inline); longer walks make one call (fw_search). See
  * fw_tss4_get for why calls matter on this CPU. The parse and the
  * classified fields live in a per-CPU scratch value (fw_scratch), not on
  * the stack: that leaves room in the 512-byte stack for fw_search's
