@@ -37,7 +37,10 @@
  * fw_tss4_get for why calls matter on this CPU. The parse and the
  * classified fields live in a per-CPU scratch value (fw_scratch), not on
  * the stack: that leaves room in the 512-byte stack for fw_search's
- * frame, and the verifier tracks less.
+ * frame, and the verifier tracks less. The judge is inlined twice
+ * (fw_decide): once for the frames qbo_parse_plain4 takes (untagged IPv4
+ * TCP/UDP, no options, not a fragment), compiled for what that frame is
+ * known to be, and once for every other frame after qbo_parse.
  *
  * Maps whose layout or meaning changed carry a version suffix (_v2: the
  * tuple scheme, _v3: the array tables), so that an upgraded object never
@@ -794,7 +797,7 @@ __attribute__((noinline)) __u32 fw_ifslot_hi(__u32 gen, __u32 ifindex)
 /* fw_classify finds the rule (or default) deciding f at (ifindex, hook)
  * in generation gen. */
 static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u32 hook, struct fw_fields *f,
-				       struct fw_rule *out)
+				       __u8 family, struct fw_rule *out)
 {
 	__u32 slot = 0;
 	if (ifindex < FW_IFINDEX_DIRECT) {
@@ -820,7 +823,7 @@ static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u
 	 * most scopes have few tuples, or find the deciding rule in their
 	 * first ones (the list is sorted by best position). */
 	__u32 best = FW_NO_RULE;
-	if (f->family == 4) {
+	if (family == 4) {
 		__u32 n = sc->n4;
 		__u64 src = f->saddr[0], dst = f->daddr[0], port = f->dport, proto = f->proto;
 		if (n > 0)
@@ -914,9 +917,9 @@ static __always_inline void fw_frag_key(struct fw_frag_key *k, __u32 ifindex, st
 
 /* fw_frag_allow: a first fragment that passes as part of a tracked flow
  * lets its later fragments (which carry no ports) pass too. */
-static __always_inline void fw_frag_allow(__u32 ifindex, struct qbo_pkt *pkt)
+static __always_inline void fw_frag_allow(__u32 ifindex, struct qbo_pkt *pkt, __u16 flags)
 {
-	if (!(pkt->flags & QBO_PKT_FRAG))
+	if (!(flags & QBO_PKT_FRAG))
 		return;
 	struct fw_frag_key fk;
 	struct fw_frag_val fv = {.action = FW_ACT_ALLOW, .slot = FW_SLOT_DEFAULT};
@@ -927,12 +930,14 @@ static __always_inline void fw_frag_allow(__u32 ifindex, struct qbo_pkt *pkt)
 /* fw_ct_fill sets k (the six words of a fw_ct_key) to the flow of a
  * packet from (s, sp) to (d, dp) on ifindex and returns whether the packet
  * goes from endpoint b to endpoint a. The words are built in registers and
- * stored whole (see fw_tss4_get). */
+ * stored whole (see fw_tss4_get). With v4 (a constant in fw_decide's plain
+ * copy) the addresses' last three words are known to be zero, so the
+ * compiler drops their loads, compares and products. */
 static __always_inline __u8 fw_ct_fill(__u64 *k, __u32 ifindex, __u8 family, __u8 proto, const __be32 *s,
-				       __be16 sp, const __be32 *d, __be16 dp)
+				       __be16 sp, const __be32 *d, __be16 dp, const int v4)
 {
-	__u32 s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
-	__u32 d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3];
+	__u32 s0 = s[0], s1 = v4 ? 0 : s[1], s2 = v4 ? 0 : s[2], s3 = v4 ? 0 : s[3];
+	__u32 d0 = d[0], d1 = v4 ? 0 : d[1], d2 = v4 ? 0 : d[2], d3 = v4 ? 0 : d[3];
 	__u8 from_b = sp > dp;
 	if (s3 != d3)
 		from_b = s3 > d3;
@@ -961,6 +966,137 @@ static __always_inline __u8 fw_ct_fill(__u64 *k, __u32 ifindex, __u8 family, __u
 	return from_b;
 }
 
+/* fw_set_addr writes address a into f's field dst; with v4 (fw_decide's
+ * plain copy) only its first word can be non-zero. */
+static __always_inline void fw_set_addr(__be32 *dst, const __be32 *a, const int v4)
+{
+	if (v4) {
+		dst[0] = a[0];
+		dst[1] = 0;
+		dst[2] = 0;
+		dst[3] = 0;
+	} else {
+		__builtin_memcpy(dst, a, 16);
+	}
+}
+
+/* fw_decide judges the packet qbo_parse or qbo_parse_plain4 left in
+ * scr->pkt, seen at (ifindex, hook); len is counted in the rule's byte
+ * counter. It returns FW_TCX_NEXT or FW_TCX_DROP.
+ *
+ * plain is a constant: fw_judge inlines one copy for the frames
+ * qbo_parse_plain4 takes (untagged IPv4 TCP/UDP without options, not a
+ * fragment: family 4 and flags QBO_PKT_PORTS, known to the compiler) and
+ * one for every other frame. In the plain copy the fragment and ICMP
+ * branches, the IPv6 words of the connection key and the IPv6 search are
+ * gone, and with them their loads, spills and multiplies (the load
+ * balancer's fast path is the same idea; docs/BENCHMARKS.md measures
+ * both). */
+static __always_inline int fw_decide(struct fw_scratch *scr, __u32 ifindex, __u32 len, __u32 hook, const int plain)
+{
+	struct qbo_pkt *pkt = &scr->pkt;
+	__u16 flags = plain ? QBO_PKT_PORTS : pkt->flags;
+	__u8 family = plain ? 4 : pkt->family;
+	__u32 zero = 0;
+
+	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg_v3, &zero);
+	if (!cfg)
+		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
+	/* Read once: everything below uses this generation's tables. */
+	__u32 generation = cfg->generation;
+	__u32 gen = generation & 1;
+	__u32 reeval = cfg->reevaluate;
+	__u64 seed = cfg->seed;
+
+	if (flags & QBO_PKT_FRAG_LATER) {
+		struct fw_frag_key fk;
+		fw_frag_key(&fk, ifindex, pkt);
+		struct fw_frag_val *fv = bpf_map_lookup_elem(&fw_frags, &fk);
+		if (!fv)
+			return fw_count(FW_ST_FRAG_ORPHAN, FW_TCX_DROP);
+		fw_count_rule(fv->slot, len);
+		if (fv->action == FW_ACT_ALLOW)
+			return fw_count(FW_ST_FRAG_ALLOW, FW_TCX_NEXT);
+		return fw_count(FW_ST_FRAG_DENY, FW_TCX_DROP);
+	}
+
+	__u64 ck[6];
+
+	if (flags & QBO_PKT_ICMP_ERR) {
+		/* The quoted packet is a flow's packet (either direction). */
+		fw_ct_fill(ck, ifindex, family, pkt->inner.proto, pkt->inner.saddr, pkt->inner.sport,
+			   pkt->inner.daddr, pkt->inner.dport, 0);
+		__u64 ih = fw_ct_hash(ck);
+		struct fw_ct_set *is = fw_ct_set(ih);
+		if (is && fw_ct_find(is, ck, ih))
+			return fw_count(FW_ST_ICMP_RELATED, FW_TCX_NEXT);
+	}
+
+	__u8 proto = pkt->proto;
+	__u8 from_b =
+		fw_ct_fill(ck, ifindex, family, proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport, plain);
+	__u64 ch = fw_ct_hash(ck);
+	struct fw_ct_set *cs = fw_ct_set(ch);
+	if (!cs)
+		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
+	__u64 hit = fw_ct_find(cs, ck, ch);
+	int reply = hit && ((hit >> 40) & 1) != from_b;
+	if (hit && (!reeval || (__u32)hit == generation)) {
+		fw_frag_allow(ifindex, pkt, flags);
+		return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
+	}
+
+	/* A new flow, or a tracked one to judge again by a newer rule set
+	 * (as its first direction was judged, at the hook it was seen). */
+	struct fw_fields *f = &scr->f;
+	f->family = family;
+	f->proto = proto == QBO_IPPROTO_ICMPV6 ? QBO_IPPROTO_ICMP : proto;
+	__u32 class_hook = hook;
+	if (reply) {
+		fw_set_addr(f->saddr, pkt->daddr, plain);
+		fw_set_addr(f->daddr, pkt->saddr, plain);
+		f->dport = pkt->sport;
+	} else {
+		fw_set_addr(f->saddr, pkt->saddr, plain);
+		fw_set_addr(f->daddr, pkt->daddr, plain);
+		f->dport = (flags & QBO_PKT_PORTS) ? pkt->dport : 0;
+	}
+	if (hit)
+		class_hook = (hit >> 32) & 1;
+	struct fw_rule r;
+	int class = fw_classify(gen, seed, ifindex, class_hook, f, family, &r);
+
+	if (hit) {
+		if (class == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
+			fw_ct_update(cs, ck, ch, generation, 0);
+			fw_frag_allow(ifindex, pkt, flags);
+			return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
+		}
+		fw_ct_update(cs, ck, ch, 0, 1);
+		fw_count_rule(r.slot, len);
+		return fw_count(FW_ST_REEVAL_DENY, FW_TCX_DROP);
+	}
+
+	if (class == FW_CLASS_UNATTACHED)
+		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
+	fw_count_rule(r.slot, len);
+
+	if (flags & QBO_PKT_FRAG) {
+		struct fw_frag_key fk;
+		struct fw_frag_val fv = {.action = r.action, .slot = r.slot};
+		fw_frag_key(&fk, ifindex, pkt);
+		bpf_map_update_elem(&fw_frags, &fk, &fv, BPF_ANY);
+	}
+	if (r.action == FW_ACT_ALLOW) {
+		fw_ct_insert(cs, ck, ch, generation, hook, from_b);
+		return fw_count(class == FW_CLASS_RULE ? FW_ST_RULE_ALLOW : FW_ST_DEFAULT_ALLOW,
+				FW_TCX_NEXT);
+	}
+	if (r.log)
+		fw_log_deny(ifindex, len, hook, pkt, r.slot);
+	return fw_count(class == FW_CLASS_RULE ? FW_ST_RULE_DENY : FW_ST_DEFAULT_DENY, FW_TCX_DROP);
+}
+
 /* fw_judge decides one packet seen at (ifindex, hook); len is counted in
  * the rule's byte counter. It returns FW_TCX_NEXT or FW_TCX_DROP. */
 static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, __u32 len, __u32 hook)
@@ -970,6 +1106,9 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	if (!scr) /* never: a per-CPU array's key 0 */
 		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	struct qbo_pkt *pkt = &scr->pkt;
+
+	if (qbo_parse_plain4(data, data_end, pkt))
+		return fw_decide(scr, ifindex, len, hook, 1);
 
 	switch (qbo_parse(data, data_end, pkt)) {
 	case QBO_PARSE_OK:
@@ -985,101 +1124,7 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	default:
 		return fw_count(FW_ST_TRUNCATED, FW_TCX_DROP);
 	}
-
-	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg_v3, &zero);
-	if (!cfg)
-		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
-	/* Read once: everything below uses this generation's tables. */
-	__u32 generation = cfg->generation;
-	__u32 gen = generation & 1;
-	__u32 reeval = cfg->reevaluate;
-	__u64 seed = cfg->seed;
-
-	if (pkt->flags & QBO_PKT_FRAG_LATER) {
-		struct fw_frag_key fk;
-		fw_frag_key(&fk, ifindex, pkt);
-		struct fw_frag_val *fv = bpf_map_lookup_elem(&fw_frags, &fk);
-		if (!fv)
-			return fw_count(FW_ST_FRAG_ORPHAN, FW_TCX_DROP);
-		fw_count_rule(fv->slot, len);
-		if (fv->action == FW_ACT_ALLOW)
-			return fw_count(FW_ST_FRAG_ALLOW, FW_TCX_NEXT);
-		return fw_count(FW_ST_FRAG_DENY, FW_TCX_DROP);
-	}
-
-	__u64 ck[6];
-
-	if (pkt->flags & QBO_PKT_ICMP_ERR) {
-		/* The quoted packet is a flow's packet (either direction). */
-		fw_ct_fill(ck, ifindex, pkt->family, pkt->inner.proto, pkt->inner.saddr, pkt->inner.sport,
-			   pkt->inner.daddr, pkt->inner.dport);
-		__u64 ih = fw_ct_hash(ck);
-		struct fw_ct_set *is = fw_ct_set(ih);
-		if (is && fw_ct_find(is, ck, ih))
-			return fw_count(FW_ST_ICMP_RELATED, FW_TCX_NEXT);
-	}
-
-	__u8 from_b = fw_ct_fill(ck, ifindex, pkt->family, pkt->proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport);
-	__u64 ch = fw_ct_hash(ck);
-	struct fw_ct_set *cs = fw_ct_set(ch);
-	if (!cs)
-		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
-	__u64 hit = fw_ct_find(cs, ck, ch);
-	int reply = hit && ((hit >> 40) & 1) != from_b;
-	if (hit && (!reeval || (__u32)hit == generation)) {
-		fw_frag_allow(ifindex, pkt);
-		return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
-	}
-
-	/* A new flow, or a tracked one to judge again by a newer rule set
-	 * (as its first direction was judged, at the hook it was seen). */
-	struct fw_fields *f = &scr->f;
-	f->family = pkt->family;
-	f->proto = pkt->proto == QBO_IPPROTO_ICMPV6 ? QBO_IPPROTO_ICMP : pkt->proto;
-	__u32 class_hook = hook;
-	if (reply) {
-		__builtin_memcpy(f->saddr, pkt->daddr, 16);
-		__builtin_memcpy(f->daddr, pkt->saddr, 16);
-		f->dport = pkt->sport;
-	} else {
-		__builtin_memcpy(f->saddr, pkt->saddr, 16);
-		__builtin_memcpy(f->daddr, pkt->daddr, 16);
-		f->dport = (pkt->flags & QBO_PKT_PORTS) ? pkt->dport : 0;
-	}
-	if (hit)
-		class_hook = (hit >> 32) & 1;
-	struct fw_rule r;
-	int class = fw_classify(gen, seed, ifindex, class_hook, f, &r);
-
-	if (hit) {
-		if (class == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
-			fw_ct_update(cs, ck, ch, generation, 0);
-			fw_frag_allow(ifindex, pkt);
-			return fw_count(reply ? FW_ST_CT_REPLY : FW_ST_CT_ESTABLISHED, FW_TCX_NEXT);
-		}
-		fw_ct_update(cs, ck, ch, 0, 1);
-		fw_count_rule(r.slot, len);
-		return fw_count(FW_ST_REEVAL_DENY, FW_TCX_DROP);
-	}
-
-	if (class == FW_CLASS_UNATTACHED)
-		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
-	fw_count_rule(r.slot, len);
-
-	if (pkt->flags & QBO_PKT_FRAG) {
-		struct fw_frag_key fk;
-		struct fw_frag_val fv = {.action = r.action, .slot = r.slot};
-		fw_frag_key(&fk, ifindex, pkt);
-		bpf_map_update_elem(&fw_frags, &fk, &fv, BPF_ANY);
-	}
-	if (r.action == FW_ACT_ALLOW) {
-		fw_ct_insert(cs, ck, ch, generation, hook, from_b);
-		return fw_count(class == FW_CLASS_RULE ? FW_ST_RULE_ALLOW : FW_ST_DEFAULT_ALLOW,
-				FW_TCX_NEXT);
-	}
-	if (r.log)
-		fw_log_deny(ifindex, len, hook, pkt, r.slot);
-	return fw_count(class == FW_CLASS_RULE ? FW_ST_RULE_DENY : FW_ST_DEFAULT_DENY, FW_TCX_DROP);
+	return fw_decide(scr, ifindex, len, hook, 0);
 }
 
 SEC("tcx/ingress")

@@ -596,7 +596,49 @@ func TestDifferentialAgainstReferenceModel(t *testing.T) {
 			if got := e.run(p.Hook, p.Iface, tp.build()); got != wantV {
 				t.Fatalf("seed %d packet %+v: datapath %s, model %+v", seed, p, verdictName(got), want)
 			}
+			// An IPv4 TCP or UDP packet without options takes the
+			// program's plain copy (qbo_parse_plain4); the same packet
+			// with options takes the general one, which must agree.
+			if p.Src.Is4() && (p.Proto == fw.ProtoTCP || p.Proto == fw.ProtoUDP) {
+				if err := e.dp.FlushConnections(); err != nil {
+					t.Fatal(err)
+				}
+				tp.ipOpts = 4
+				if got := e.run(p.Hook, p.Iface, tp.build()); got != wantV {
+					t.Fatalf("seed %d packet %+v with IP options: datapath %s, model %+v", seed, p, verdictName(got), want)
+				}
+			}
 		}
+	}
+}
+
+// TestPlainAndGeneralCopiesShareConnections: a connection recorded by
+// one copy of the judge (plain IPv4, or the general parser's, here for
+// a packet with IP options) is the same connection to the other.
+func TestPlainAndGeneralCopiesShareConnections(t *testing.T) {
+	e := newEnv(t)
+	s := fw.RuleSet{Policies: []fw.Policy{{Target: fw.Node, Direction: fw.Ingress, Action: fw.Deny}}}
+	e.apply(s, fw.Resolved{fw.Node: {"d0"}})
+	for i, c := range []struct{ outOpts, inOpts int }{{4, 0}, {0, 8}, {8, 4}} {
+		sport := uint16(41000 + i)
+		out := tpkt{src: hostA, dst: hostB, proto: 17, sport: sport, dport: 53, ipOpts: c.outOpts}
+		in := tpkt{src: hostB, dst: hostA, proto: 17, sport: 53, dport: sport, ipOpts: c.inOpts}
+		if got := e.run(fw.Ingress, "d0", in.build()); got != drop {
+			t.Fatalf("%+v: unsolicited inbound: %s", c, verdictName(got))
+		}
+		if got := e.run(fw.Egress, "d0", out.build()); got != next {
+			t.Fatalf("%+v: outbound: %s", c, verdictName(got))
+		}
+		if got := e.run(fw.Ingress, "d0", in.build()); got != next {
+			t.Fatalf("%+v: reply: %s", c, verdictName(got))
+		}
+		out.ipOpts = c.inOpts
+		if got := e.run(fw.Egress, "d0", out.build()); got != next {
+			t.Fatalf("%+v: outbound, other copy: %s", c, verdictName(got))
+		}
+	}
+	if st := e.stats(); st["ct_reply"] != 3 || st["ct_established"] != 3 || st["default_deny"] != 3 {
+		t.Errorf("stats: %v", st)
 	}
 }
 
