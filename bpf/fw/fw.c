@@ -34,13 +34,14 @@
  * established packet, nor on the path of a new packet whose scope has at
  * most two tuples worth searching for its family (fw_classify probes
  * those inline); longer walks make one call (fw_search). See
- * fw_tss4_get for why calls matter on this CPU. The parse and the
- * classified fields live in a per-CPU scratch value (fw_scratch), not on
- * the stack: that leaves room in the 512-byte stack for fw_search's
- * frame, and the verifier tracks less. The judge is inlined twice
- * (fw_decide): once for the frames qbo_parse_plain4 takes (untagged IPv4
- * TCP/UDP, no options, not a fragment), compiled for what that frame is
- * known to be, and once for every other frame after qbo_parse.
+ * fw_tss4_get for why calls matter on this CPU. The judge is inlined
+ * twice (fw_decide): once for the frames qbo_parse_plain4 takes (untagged
+ * IPv4 TCP/UDP, no options, not a fragment), compiled for what that frame
+ * is known to be, and once for every other frame after qbo_parse. The
+ * general copy's parse and every copy's classified fields live in a
+ * per-CPU scratch value (fw_scratch), not on the stack: that leaves room
+ * in the 512-byte stack for fw_search's frame, and the verifier tracks
+ * less.
  *
  * Maps whose layout or meaning changed carry a version suffix (_v2: the
  * tuple scheme, _v3: the array tables), so that an upgraded object never
@@ -981,20 +982,24 @@ static __always_inline void fw_set_addr(__be32 *dst, const __be32 *a, const int 
 }
 
 /* fw_decide judges the packet qbo_parse or qbo_parse_plain4 left in
- * scr->pkt, seen at (ifindex, hook); len is counted in the rule's byte
- * counter. It returns FW_TCX_NEXT or FW_TCX_DROP.
+ * *pkt, seen at (ifindex, hook); len is counted in the rule's byte
+ * counter. It returns FW_TCX_NEXT or FW_TCX_DROP. scr is the per-CPU
+ * scratch value, or NULL: then it is looked up only if the packet is
+ * classified (the plain copy's established packets never touch it).
  *
  * plain is a constant: fw_judge inlines one copy for the frames
  * qbo_parse_plain4 takes (untagged IPv4 TCP/UDP without options, not a
  * fragment: family 4 and flags QBO_PKT_PORTS, known to the compiler) and
  * one for every other frame. In the plain copy the fragment and ICMP
  * branches, the IPv6 words of the connection key and the IPv6 search are
- * gone, and with them their loads, spills and multiplies (the load
+ * gone, and with them their loads, spills and multiplies; its packet is
+ * a stack value that the compiler keeps in registers (the fields it never
+ * reads are never written), not the scratch value the general copy uses (the load
  * balancer's fast path is the same idea; docs/BENCHMARKS.md measures
  * both). */
-static __always_inline int fw_decide(struct fw_scratch *scr, __u32 ifindex, __u32 len, __u32 hook, const int plain)
+static __always_inline int fw_decide(struct fw_scratch *scr, struct qbo_pkt *pkt, __u32 ifindex, __u32 len,
+				     __u32 hook, const int plain)
 {
-	struct qbo_pkt *pkt = &scr->pkt;
 	__u16 flags = plain ? QBO_PKT_PORTS : pkt->flags;
 	__u8 family = plain ? 4 : pkt->family;
 	__u32 zero = 0;
@@ -1048,6 +1053,10 @@ static __always_inline int fw_decide(struct fw_scratch *scr, __u32 ifindex, __u3
 
 	/* A new flow, or a tracked one to judge again by a newer rule set
 	 * (as its first direction was judged, at the hook it was seen). */
+	if (!scr)
+		scr = bpf_map_lookup_elem(&fw_scratch, &zero);
+	if (!scr) /* never: a per-CPU array's key 0 */
+		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	struct fw_fields *f = &scr->f;
 	f->family = family;
 	f->proto = proto == QBO_IPPROTO_ICMPV6 ? QBO_IPPROTO_ICMP : proto;
@@ -1101,14 +1110,15 @@ static __always_inline int fw_decide(struct fw_scratch *scr, __u32 ifindex, __u3
  * the rule's byte counter. It returns FW_TCX_NEXT or FW_TCX_DROP. */
 static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, __u32 len, __u32 hook)
 {
+	struct qbo_pkt plain;
+	if (qbo_parse_plain4(data, data_end, &plain))
+		return fw_decide(0, &plain, ifindex, len, hook, 1);
+
 	__u32 zero = 0;
 	struct fw_scratch *scr = bpf_map_lookup_elem(&fw_scratch, &zero);
 	if (!scr) /* never: a per-CPU array's key 0 */
 		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
 	struct qbo_pkt *pkt = &scr->pkt;
-
-	if (qbo_parse_plain4(data, data_end, pkt))
-		return fw_decide(scr, ifindex, len, hook, 1);
 
 	switch (qbo_parse(data, data_end, pkt)) {
 	case QBO_PARSE_OK:
@@ -1124,7 +1134,7 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	default:
 		return fw_count(FW_ST_TRUNCATED, FW_TCX_DROP);
 	}
-	return fw_decide(scr, ifindex, len, hook, 0);
+	return fw_decide(scr, pkt, ifindex, len, hook, 0);
 }
 
 SEC("tcx/ingress")
