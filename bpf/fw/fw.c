@@ -795,10 +795,37 @@ __attribute__((noinline)) __u32 fw_ifslot_hi(__u32 gen, __u32 ifindex)
 	return s ? *s : 0;
 }
 
-/* fw_classify finds the rule (or default) deciding f at (ifindex, hook)
- * in generation gen. */
+/* fw_fields4 writes an IPv4 packet's classified fields into the per-CPU
+ * scratch value, for fw_search, and returns them (NULL: never). */
+static __always_inline struct fw_fields *fw_fields4(__u32 src, __u32 dst, __be16 port, __u8 proto)
+{
+	__u32 zero = 0;
+	struct fw_scratch *scr = bpf_map_lookup_elem(&fw_scratch, &zero);
+	if (!scr)
+		return 0;
+	struct fw_fields *f = &scr->f;
+	f->family = 4;
+	f->proto = proto;
+	f->dport = port;
+	f->saddr[0] = src;
+	f->saddr[1] = 0;
+	f->saddr[2] = 0;
+	f->saddr[3] = 0;
+	f->daddr[0] = dst;
+	f->daddr[1] = 0;
+	f->daddr[2] = 0;
+	f->daddr[3] = 0;
+	return f;
+}
+
+/* fw_classify finds the rule (or default) deciding a packet at (ifindex,
+ * hook) in generation gen. An IPv4 packet's fields are (src, dst, port,
+ * proto); f holds them too, or is NULL (IPv4 only: the plain copy of
+ * fw_decide), in which case they are written to the scratch value only if
+ * the walk goes on to fw_search. An IPv6 packet's fields are in f. */
 static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u32 hook, struct fw_fields *f,
-				       __u8 family, struct fw_rule *out)
+				       __u8 family, __u32 src, __u32 dst, __be16 port, __u8 proto,
+				       struct fw_rule *out)
 {
 	__u32 slot = 0;
 	if (ifindex < FW_IFINDEX_DIRECT) {
@@ -826,15 +853,18 @@ static __always_inline int fw_classify(__u32 gen, __u64 seed, __u32 ifindex, __u
 	__u32 best = FW_NO_RULE;
 	if (family == 4) {
 		__u32 n = sc->n4;
-		__u64 src = f->saddr[0], dst = f->daddr[0], port = f->dport, proto = f->proto;
 		if (n > 0)
 			best = fw_probe4(&sc->t4[0], src, dst, port, proto, gen, seed);
 		if (n > 1 && sc->t4[1].best < best) {
 			__u32 pos = fw_probe4(&sc->t4[1], src, dst, port, proto, gen, seed);
 			if (pos < best)
 				best = pos;
-			if (n > 2 && sc->t4[2].best < best)
-				best = fw_search(f, si, gen, seed, (__u64)best << 32 | 2);
+			if (n > 2 && sc->t4[2].best < best) {
+				if (!f)
+					f = fw_fields4(src, dst, port, proto);
+				if (f)
+					best = fw_search(f, si, gen, seed, (__u64)best << 32 | 2);
+			}
 		}
 	} else {
 		__u32 n = sc->n6;
@@ -967,36 +997,22 @@ static __always_inline __u8 fw_ct_fill(__u64 *k, __u32 ifindex, __u8 family, __u
 	return from_b;
 }
 
-/* fw_set_addr writes address a into f's field dst; with v4 (fw_decide's
- * plain copy) only its first word can be non-zero. */
-static __always_inline void fw_set_addr(__be32 *dst, const __be32 *a, const int v4)
-{
-	if (v4) {
-		dst[0] = a[0];
-		dst[1] = 0;
-		dst[2] = 0;
-		dst[3] = 0;
-	} else {
-		__builtin_memcpy(dst, a, 16);
-	}
-}
-
 /* fw_decide judges the packet qbo_parse or qbo_parse_plain4 left in
  * *pkt, seen at (ifindex, hook); len is counted in the rule's byte
- * counter. It returns FW_TCX_NEXT or FW_TCX_DROP. scr is the per-CPU
- * scratch value, or NULL: then it is looked up only if the packet is
- * classified (the plain copy's established packets never touch it).
+ * counter. It returns FW_TCX_NEXT or FW_TCX_DROP.
  *
  * plain is a constant: fw_judge inlines one copy for the frames
  * qbo_parse_plain4 takes (untagged IPv4 TCP/UDP without options, not a
  * fragment: family 4 and flags QBO_PKT_PORTS, known to the compiler) and
- * one for every other frame. In the plain copy the fragment and ICMP
- * branches, the IPv6 words of the connection key and the IPv6 search are
- * gone, and with them their loads, spills and multiplies; its packet is
- * a stack value that the compiler keeps in registers (the fields it never
- * reads are never written), not the scratch value the general copy uses (the load
- * balancer's fast path is the same idea; docs/BENCHMARKS.md measures
- * both). */
+ * one for every other frame (the load balancer's fast path is the same
+ * idea; docs/BENCHMARKS.md measures both). In the plain copy the
+ * fragment and ICMP branches, the IPv6 words of the connection key and
+ * the IPv6 search are gone, and with them their loads, spills and
+ * multiplies. Its packet is a stack value that the compiler keeps in
+ * registers (fields it never reads are never written), and its scr is
+ * NULL: the classified fields go to the per-CPU scratch value only if the
+ * walk calls fw_search (fw_fields4). The general copy's packet and
+ * fields are in scr. */
 static __always_inline int fw_decide(struct fw_scratch *scr, struct qbo_pkt *pkt, __u32 ifindex, __u32 len,
 				     __u32 hook, const int plain)
 {
@@ -1053,27 +1069,24 @@ static __always_inline int fw_decide(struct fw_scratch *scr, struct qbo_pkt *pkt
 
 	/* A new flow, or a tracked one to judge again by a newer rule set
 	 * (as its first direction was judged, at the hook it was seen). */
-	if (!scr)
-		scr = bpf_map_lookup_elem(&fw_scratch, &zero);
-	if (!scr) /* never: a per-CPU array's key 0 */
-		return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
-	struct fw_fields *f = &scr->f;
-	f->family = family;
-	f->proto = proto == QBO_IPPROTO_ICMPV6 ? QBO_IPPROTO_ICMP : proto;
-	__u32 class_hook = hook;
-	if (reply) {
-		fw_set_addr(f->saddr, pkt->daddr, plain);
-		fw_set_addr(f->daddr, pkt->saddr, plain);
-		f->dport = pkt->sport;
-	} else {
-		fw_set_addr(f->saddr, pkt->saddr, plain);
-		fw_set_addr(f->daddr, pkt->daddr, plain);
-		f->dport = (flags & QBO_PKT_PORTS) ? pkt->dport : 0;
+	__u8 fproto = proto == QBO_IPPROTO_ICMPV6 ? QBO_IPPROTO_ICMP : proto;
+	__u32 fsrc = reply ? pkt->daddr[0] : pkt->saddr[0];
+	__u32 fdst = reply ? pkt->saddr[0] : pkt->daddr[0];
+	__be16 fport = reply ? pkt->sport : ((flags & QBO_PKT_PORTS) ? pkt->dport : 0);
+	struct fw_fields *f = 0;
+	if (!plain) {
+		f = &scr->f;
+		f->family = family;
+		f->proto = fproto;
+		f->dport = fport;
+		__builtin_memcpy(f->saddr, reply ? pkt->daddr : pkt->saddr, 16);
+		__builtin_memcpy(f->daddr, reply ? pkt->saddr : pkt->daddr, 16);
 	}
+	__u32 class_hook = hook;
 	if (hit)
 		class_hook = (hit >> 32) & 1;
-	struct fw_rule r;
-	int class = fw_classify(gen, seed, ifindex, class_hook, f, family, &r);
+	struct fw_rule r = {}; /* every path defined: the verifier refuses copies of undefined registers */
+	int class = fw_classify(gen, seed, ifindex, class_hook, f, family, fsrc, fdst, fport, fproto, &r);
 
 	if (hit) {
 		if (class == FW_CLASS_UNATTACHED || r.action == FW_ACT_ALLOW) {
