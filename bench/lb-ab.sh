@@ -24,6 +24,6 @@ for r in 1 2 3; do
 	for b in base now; do
 		echo "== $b ($rev or work tree), round $r"
 		"$tmp/$b.test" -test.run '^$' -test.bench 'BenchmarkXDPRatio' -test.benchtime 45x -test.count 3 | grep Benchmark
-		"$tmp/$b.test" -test.run '^$' -test.bench 'BenchmarkXDPChurn' -test.benchtime 2000000x | grep Benchmark
+		"$tmp/$b.test" -test.run '^$' -test.bench 'BenchmarkXDPChurn$' -test.benchtime 2000000x | grep Benchmark
 	done
 done

@@ -13,7 +13,9 @@ go test -tags bpftest -run '^$' -bench 'BenchmarkXDP$' -benchtime 1000000x ./lb/
 echo "== established flow with 1, 10k, 100k services loaded"
 go test -tags bpftest -run '^$' -bench 'BenchmarkXDPServices' -benchtime 1000000x -count 3 ./lb/datapath/ | grep Benchmark
 echo "== 1M flows round-robin over the 256k-entry flow table, NAT and DSR, each beside an established flow run the same way"
-go test -tags bpftest -run '^$' -bench 'BenchmarkXDPChurn' -benchtime 2000000x ./lb/datapath/ | grep Benchmark
+go test -tags bpftest -run '^$' -bench 'BenchmarkXDPChurn$' -benchtime 2000000x ./lb/datapath/ | grep Benchmark
+echo "== the same NAT churn and single cached flow over flow tables of 4k, 16k, 64k and 256k entries"
+go test -tags bpftest -run '^$' -bench 'BenchmarkXDPChurnTableSize' -benchtime 1000000x ./lb/datapath/ | grep Benchmark
 echo "== control plane: one service with 100 backends (+ Maglev table), 100k services loaded"
 go test -tags bpftest -run '^$' -bench 'BenchmarkControlPlane' -benchtime 1000x ./lb/datapath/ | grep Benchmark
 
