@@ -35,11 +35,14 @@
  * most two tuples worth searching for its family (fw_classify probes
  * those inline); longer walks make one call (fw_search). See
  * fw_tss4_get for why calls matter on this CPU. The judge is inlined
- * twice (fw_decide): once for the frames qbo_parse_plain4 takes (untagged
- * IPv4 TCP/UDP, no options, not a fragment), compiled for what that frame
- * is known to be, and once for every other frame after qbo_parse. The
- * general copy's parse and every copy's classified fields live in a
- * per-CPU scratch value (fw_scratch), not on the stack: that leaves room
+ * three times (fw_decide): for the frames qbo_parse_plain4 takes (untagged
+ * IPv4 TCP/UDP, no options, not a fragment), for those qbo_parse_plain6
+ * takes (untagged IPv6 TCP/UDP, no extension header), each compiled for
+ * what that frame is known to be, and for every other frame after
+ * qbo_parse. The
+ * general copy's parse, and the classified fields of IPv6 packets and of
+ * walks that call fw_search, live in a per-CPU scratch value (fw_scratch),
+ * not on the stack: that leaves room
  * in the 512-byte stack for fw_search's frame, and the verifier tracks
  * less.
  *
@@ -997,14 +1000,17 @@ static __always_inline __u8 fw_ct_fill(__u64 *k, __u32 ifindex, __u8 family, __u
 	return from_b;
 }
 
-/* fw_decide judges the packet qbo_parse or qbo_parse_plain4 left in
+/* fw_decide judges the packet qbo_parse or qbo_parse_plain4/6 left in
  * *pkt, seen at (ifindex, hook); len is counted in the rule's byte
  * counter. It returns FW_TCX_NEXT or FW_TCX_DROP.
  *
  * plain is a constant: fw_judge inlines one copy for the frames
- * qbo_parse_plain4 takes (untagged IPv4 TCP/UDP without options, not a
- * fragment: family 4 and flags QBO_PKT_PORTS, known to the compiler) and
- * one for every other frame (the load balancer's fast path is the same
+ * qbo_parse_plain4 takes (plain == 1: untagged IPv4 TCP/UDP without
+ * options, not a fragment: family 4 and flags QBO_PKT_PORTS, known to the
+ * compiler), one for those qbo_parse_plain6 takes (plain == 2: family 6,
+ * the same flags; its classified fields go to the scratch value, which
+ * fw_probe6 reads, looked up only when the packet is classified) and one
+ * for every other frame (the load balancer's fast path is the same
  * idea; docs/BENCHMARKS.md measures both). In the plain copy the
  * fragment and ICMP branches, the IPv6 words of the connection key and
  * the IPv6 search are gone, and with them their loads, spills and
@@ -1017,7 +1023,7 @@ static __always_inline int fw_decide(struct fw_scratch *scr, struct qbo_pkt *pkt
 				     __u32 hook, const int plain)
 {
 	__u16 flags = plain ? QBO_PKT_PORTS : pkt->flags;
-	__u8 family = plain ? 4 : pkt->family;
+	__u8 family = plain == 1 ? 4 : plain == 2 ? 6 : pkt->family;
 	__u32 zero = 0;
 
 	struct fw_config *cfg = bpf_map_lookup_elem(&fw_cfg_v3, &zero);
@@ -1055,7 +1061,7 @@ static __always_inline int fw_decide(struct fw_scratch *scr, struct qbo_pkt *pkt
 
 	__u8 proto = pkt->proto;
 	__u8 from_b =
-		fw_ct_fill(ck, ifindex, family, proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport, plain);
+		fw_ct_fill(ck, ifindex, family, proto, pkt->saddr, pkt->sport, pkt->daddr, pkt->dport, plain == 1);
 	__u64 ch = fw_ct_hash(ck);
 	struct fw_ct_set *cs = fw_ct_set(ch);
 	if (!cs)
@@ -1074,7 +1080,16 @@ static __always_inline int fw_decide(struct fw_scratch *scr, struct qbo_pkt *pkt
 	__u32 fdst = reply ? pkt->saddr[0] : pkt->daddr[0];
 	__be16 fport = reply ? pkt->sport : ((flags & QBO_PKT_PORTS) ? pkt->dport : 0);
 	struct fw_fields *f = 0;
-	if (!plain) {
+	if (plain != 1) {
+		if (plain == 2) {
+			/* The plain IPv6 copy's fields go to the scratch value
+			 * (fw_probe6 reads them from memory): looked up only
+			 * for a packet that is classified. */
+			__u32 z = 0;
+			scr = bpf_map_lookup_elem(&fw_scratch, &z);
+			if (!scr) /* never: a per-CPU array's key 0 */
+				return fw_count(FW_ST_UNATTACHED, FW_TCX_NEXT);
+		}
 		f = &scr->f;
 		f->family = family;
 		f->proto = fproto;
@@ -1126,6 +1141,8 @@ static __always_inline int fw_judge(void *data, void *data_end, __u32 ifindex, _
 	struct qbo_pkt plain;
 	if (qbo_parse_plain4(data, data_end, &plain))
 		return fw_decide(0, &plain, ifindex, len, hook, 1);
+	if (qbo_parse_plain6(data, data_end, &plain))
+		return fw_decide(0, &plain, ifindex, len, hook, 2);
 
 	__u32 zero = 0;
 	struct fw_scratch *scr = bpf_map_lookup_elem(&fw_scratch, &zero);

@@ -13,6 +13,7 @@
  *                                   struct qbo_pkt *pkt);
  *
  *   int qbo_parse_plain4(void *data, void *data_end, struct qbo_pkt *pkt);
+ *   int qbo_parse_plain6(void *data, void *data_end, struct qbo_pkt *pkt);
  *
  *     The common frame only: untagged IPv4 without options, not a
  *     fragment, TCP or UDP with its whole header. For such a frame it
@@ -24,6 +25,10 @@
  *     in a separate inlined copy of its code gets that copy compiled for
  *     constant offsets and flags (lb_xdp's established flow: 15-25% less
  *     time in BenchmarkXDPRatio, see docs/BENCHMARKS.md).
+ *
+ *     qbo_parse_plain6 is the same for untagged IPv6 whose next header is
+ *     TCP or UDP (no extension headers): it accepts exactly the frames
+ *     that qbo_parse parses to family 6 with flags == QBO_PKT_PORTS.
  *
  * It never reads out of bounds and never fails the verifier's bounds
  * checks. It returns one qbo_parse_result and fills *pkt as far as it got.
@@ -380,6 +385,41 @@ static __always_inline int qbo_parse_plain4(void *data, void *data_end, struct q
 	pkt->ip_len = tot;
 	__builtin_memcpy(&pkt->saddr[0], ip->saddr, 4);
 	__builtin_memcpy(&pkt->daddr[0], ip->daddr, 4);
+	pkt->sport = l4->source;
+	pkt->dport = l4->dest;
+	return 1;
+}
+
+/* qbo_parse_plain6: see the API above; qbo_parse_plain4 for IPv6. */
+static __always_inline int qbo_parse_plain6(void *data, void *data_end, struct qbo_pkt *pkt)
+{
+	__u8 *eth = data;
+	struct qbo_ipv6hdr *ip6 = data + QBO_ETH_HLEN;
+	if ((void *)(ip6 + 1) > data_end)
+		return 0;
+	if (eth[12] != 0x86 || eth[13] != 0xdd || (((__u8 *)ip6)[0] >> 4) != 6)
+		return 0;
+	__u8 proto = ip6->nexthdr;
+	struct qbo_l4ports *l4 = (void *)(ip6 + 1);
+	if (proto == IPPROTO_TCP) {
+		if ((void *)l4 + 20 > data_end)
+			return 0;
+	} else if (proto == IPPROTO_UDP) {
+		if ((void *)l4 + 8 > data_end)
+			return 0;
+	} else {
+		return 0;
+	}
+	__builtin_memset(pkt, 0, __builtin_offsetof(struct qbo_pkt, inner));
+	pkt->l3_off = QBO_ETH_HLEN;
+	pkt->l4_off = QBO_ETH_HLEN + QBO_IPV6_HLEN;
+	pkt->ethertype = ETH_P_IPV6;
+	pkt->family = 6;
+	pkt->proto = proto;
+	pkt->flags = QBO_PKT_PORTS;
+	pkt->ip_len = bpf_ntohs(ip6->payload_len) + QBO_IPV6_HLEN;
+	__builtin_memcpy(pkt->saddr, ip6->saddr, 16);
+	__builtin_memcpy(pkt->daddr, ip6->daddr, 16);
 	pkt->sport = l4->source;
 	pkt->dport = l4->dest;
 	return 1;

@@ -53,21 +53,32 @@ func (o *parsetestObjects) parse(tb testing.TB, frame []byte) parsetestParseResu
 	return r
 }
 
-// check holds qbo_parse_plain4 to its contract on frame: it takes exactly
-// the frames qbo_parse parses to IPv4 with flags == QBO_PKT_PORTS, and
-// fills the packet as qbo_parse does. It reports whether plain4 took it.
-func (o *parsetestObjects) check(tb testing.TB, frame []byte) bool {
+// check holds qbo_parse_plain4 and qbo_parse_plain6 to their contract on
+// frame: each takes exactly the frames qbo_parse parses to its family with
+// flags == QBO_PKT_PORTS, and fills the packet as qbo_parse does. It
+// reports the family of the plain parser that took it, or 0.
+func (o *parsetestObjects) check(tb testing.TB, frame []byte) int {
 	tb.Helper()
 	r := o.parse(tb, frame)
-	want := r.Result == parseOK && r.General.Family == 4 && r.General.Flags == pktPorts
-	if (r.PlainOk == 1) != want {
-		tb.Fatalf("frame %x: qbo_parse_plain4 says %d, qbo_parse says result %d family %d flags %#x",
-			frame, r.PlainOk, r.Result, r.General.Family, r.General.Flags)
+	took := 0
+	for _, p := range []struct {
+		family int
+		ok     int32
+		pkt    parsetestQboPkt
+	}{{4, r.PlainOk, r.Plain}, {6, r.Plain6Ok, r.Plain6}} {
+		want := r.Result == parseOK && int(r.General.Family) == p.family && r.General.Flags == pktPorts
+		if (p.ok == 1) != want {
+			tb.Fatalf("frame %x: qbo_parse_plain%d says %d, qbo_parse says result %d family %d flags %#x",
+				frame, p.family, p.ok, r.Result, r.General.Family, r.General.Flags)
+		}
+		if want {
+			if p.pkt != r.General {
+				tb.Fatalf("frame %x: qbo_parse_plain%d filled\n%+v\nqbo_parse\n%+v", frame, p.family, p.pkt, r.General)
+			}
+			took = p.family
+		}
 	}
-	if want && r.Plain != r.General {
-		tb.Fatalf("frame %x: qbo_parse_plain4 filled\n%+v\nqbo_parse\n%+v", frame, r.Plain, r.General)
-	}
-	return want
+	return took
 }
 
 // frame builds Ethernet (with the given VLAN tags) + IPv4 or IPv6 + l4.
@@ -128,16 +139,16 @@ func bases() map[string][]byte {
 	}
 }
 
-// TestParsePlain4 runs both parsers over the base frames, every
-// truncation of them, and every one of them with one of the first 64
-// bytes replaced by a value that sits on a boundary of some check.
-func TestParsePlain4(t *testing.T) {
+// TestParsePlain runs the parsers over the base frames, every truncation
+// of them, and every one of them with one of the first 64 bytes replaced
+// by a value that sits on a boundary of some check.
+func TestParsePlain(t *testing.T) {
 	o := load(t)
-	plain := map[string]bool{"ipv4 tcp": true, "ipv4 tcp, DF": true, "ipv4 udp, no payload": true}
-	taken := 0
+	plain := map[string]int{"ipv4 tcp": 4, "ipv4 tcp, DF": 4, "ipv4 udp, no payload": 4, "ipv6 udp": 6, "ipv6 tcp": 6}
+	taken := map[int]int{}
 	for name, base := range bases() {
 		if got := o.check(t, base); got != plain[name] {
-			t.Errorf("%s: qbo_parse_plain4 took it: %v, want %v", name, got, plain[name])
+			t.Errorf("%s: taken by the plain parser of family %d, want %d", name, got, plain[name])
 		}
 		for n := minFrame; n < len(base); n++ {
 			o.check(t, base[:n])
@@ -146,19 +157,17 @@ func TestParsePlain4(t *testing.T) {
 			for _, v := range []byte{0, 1, 0x05, 0x06, 0x08, 0x11, 0x14, 0x20, 0x3f, 0x40, 0x44, 0x45, 0x46, 0x60, 0x81, 0x86, 0xdd, 0xff, base[i] ^ 0x80} {
 				f := append([]byte(nil), base...)
 				f[i] = v
-				if o.check(t, f) {
-					taken++
-				}
+				taken[o.check(t, f)]++
 			}
 		}
 	}
-	if taken == 0 {
-		t.Fatal("qbo_parse_plain4 took no mutated frame: the comparison proved nothing")
+	if taken[4] == 0 || taken[6] == 0 {
+		t.Fatalf("mutated frames taken by family: %v; a plain parser that takes none proves nothing", taken)
 	}
 }
 
-// FuzzParsePlain4 holds the same contract on random frames.
-func FuzzParsePlain4(f *testing.F) {
+// FuzzParsePlain holds the same contract on random frames.
+func FuzzParsePlain(f *testing.F) {
 	for _, b := range bases() {
 		f.Add(b)
 	}

@@ -2,7 +2,7 @@
 
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * parsetest: runs parse.h's two parsers on one frame and keeps both
+ * parsetest: runs parse.h's parsers on one frame and keeps both
  * results in parse_out, for bpf/parsetest's tests.
  */
 #include "qbo_vmlinux.h"
@@ -18,6 +18,9 @@ struct parse_result {
 	struct qbo_pkt plain;   /* filled by qbo_parse_plain4 */
 	__s32 result;           /* qbo_parse's result */
 	__s32 plain_ok;         /* qbo_parse_plain4's result */
+	struct qbo_pkt plain6;  /* filled by qbo_parse_plain6 */
+	__s32 plain6_ok;        /* qbo_parse_plain6's result */
+	__s32 pad;
 };
 
 struct {
@@ -40,7 +43,9 @@ int parse_both(struct xdp_md *ctx)
 	 * compares equal only if the other leaves it alone too. */
 	__builtin_memset(&o->general, 0, sizeof(o->general));
 	__builtin_memset(&o->plain, 0, sizeof(o->plain));
+	__builtin_memset(&o->plain6, 0, sizeof(o->plain6));
 	o->result = qbo_parse(data, data_end, &o->general);
 	o->plain_ok = qbo_parse_plain4(data, data_end, &o->plain);
+	o->plain6_ok = qbo_parse_plain6(data, data_end, &o->plain6);
 	return XDP_PASS;
 }

@@ -14,11 +14,14 @@ import (
 )
 
 type parsetestParseResult struct {
-	_       structs.HostLayout
-	General parsetestQboPkt
-	Plain   parsetestQboPkt
-	Result  int32
-	PlainOk int32
+	_        structs.HostLayout
+	General  parsetestQboPkt
+	Plain    parsetestQboPkt
+	Result   int32
+	PlainOk  int32
+	Plain6   parsetestQboPkt
+	Plain6Ok int32
+	Pad      int32
 }
 
 type parsetestQboPkt struct {

@@ -118,7 +118,8 @@ const benchPackets = 100_000
 // denied by the default policy, so no connection entry short-cuts later
 // runs), the same counts with only one kind of rule (one tuple to
 // search), no rules at all (connection lookup, scope, default), and the
-// established path.
+// established path; the IPv6 packet with two tuples to search, and
+// established.
 func BenchmarkProgRun(b *testing.B) {
 	e := newEnv(b)
 	frame := benchPacket()
@@ -169,6 +170,7 @@ func BenchmarkProgRun(b *testing.B) {
 	s.Policies = nil
 	apply(s)
 	b.Run("established", func(b *testing.B) { runBench(b, empty, egress, frame, next) })
+	b.Run("ipv6/established", func(b *testing.B) { runBench(b, empty, egress, frame6, next) })
 }
 
 // benchPrefix is the i-th benchmark deny prefix: /24../32 IPv4 prefixes

@@ -596,16 +596,21 @@ func TestDifferentialAgainstReferenceModel(t *testing.T) {
 			if got := e.run(p.Hook, p.Iface, tp.build()); got != wantV {
 				t.Fatalf("seed %d packet %+v: datapath %s, model %+v", seed, p, verdictName(got), want)
 			}
-			// An IPv4 TCP or UDP packet without options takes the
-			// program's plain copy (qbo_parse_plain4); the same packet
-			// with options takes the general one, which must agree.
-			if p.Src.Is4() && (p.Proto == fw.ProtoTCP || p.Proto == fw.ProtoUDP) {
+			// A TCP or UDP packet without IPv4 options or IPv6
+			// extension headers takes one of the program's plain copies
+			// (qbo_parse_plain4/6); the same packet with options or an
+			// extension header takes the general one, which must agree.
+			if p.Proto == fw.ProtoTCP || p.Proto == fw.ProtoUDP {
 				if err := e.dp.FlushConnections(); err != nil {
 					t.Fatal(err)
 				}
-				tp.ipOpts = 4
+				if p.Src.Is4() {
+					tp.ipOpts = 4
+				} else {
+					tp.extHdrs = 1
+				}
 				if got := e.run(p.Hook, p.Iface, tp.build()); got != wantV {
-					t.Fatalf("seed %d packet %+v with IP options: datapath %s, model %+v", seed, p, verdictName(got), want)
+					t.Fatalf("seed %d packet %+v with IP options / an extension header: datapath %s, model %+v", seed, p, verdictName(got), want)
 				}
 			}
 		}
@@ -613,16 +618,25 @@ func TestDifferentialAgainstReferenceModel(t *testing.T) {
 }
 
 // TestPlainAndGeneralCopiesShareConnections: a connection recorded by
-// one copy of the judge (plain IPv4, or the general parser's, here for
-// a packet with IP options) is the same connection to the other.
+// one copy of the judge (plain IPv4 or IPv6, or the general parser's,
+// here for a packet with IP options or an IPv6 extension header) is the
+// same connection to the other.
 func TestPlainAndGeneralCopiesShareConnections(t *testing.T) {
 	e := newEnv(t)
 	s := fw.RuleSet{Policies: []fw.Policy{{Target: fw.Node, Direction: fw.Ingress, Action: fw.Deny}}}
 	e.apply(s, fw.Resolved{fw.Node: {"d0"}})
-	for i, c := range []struct{ outOpts, inOpts int }{{4, 0}, {0, 8}, {8, 4}} {
+	type copies struct{ outOpts, inOpts int }
+	cases := []copies{{4, 0}, {0, 8}, {8, 4}}
+	// IPv6: the option bytes stand for a number of extension headers.
+	cases6 := []copies{{1, 0}, {0, 2}, {2, 1}}
+	for i, c := range append(cases, cases6...) {
 		sport := uint16(41000 + i)
 		out := tpkt{src: hostA, dst: hostB, proto: 17, sport: sport, dport: 53, ipOpts: c.outOpts}
 		in := tpkt{src: hostB, dst: hostA, proto: 17, sport: 53, dport: sport, ipOpts: c.inOpts}
+		if i >= len(cases) {
+			out = tpkt{src: a("fd00:1::7"), dst: a("fd00:2::9"), proto: 17, sport: sport, dport: 53, extHdrs: c.outOpts}
+			in = tpkt{src: out.dst, dst: out.src, proto: 17, sport: 53, dport: sport, extHdrs: c.inOpts}
+		}
 		if got := e.run(fw.Ingress, "d0", in.build()); got != drop {
 			t.Fatalf("%+v: unsolicited inbound: %s", c, verdictName(got))
 		}
@@ -632,12 +646,16 @@ func TestPlainAndGeneralCopiesShareConnections(t *testing.T) {
 		if got := e.run(fw.Ingress, "d0", in.build()); got != next {
 			t.Fatalf("%+v: reply: %s", c, verdictName(got))
 		}
-		out.ipOpts = c.inOpts
+		if out.src.Is4() {
+			out.ipOpts = c.inOpts
+		} else {
+			out.extHdrs = c.inOpts
+		}
 		if got := e.run(fw.Egress, "d0", out.build()); got != next {
 			t.Fatalf("%+v: outbound, other copy: %s", c, verdictName(got))
 		}
 	}
-	if st := e.stats(); st["ct_reply"] != 3 || st["ct_established"] != 3 || st["default_deny"] != 3 {
+	if st := e.stats(); st["ct_reply"] != 6 || st["ct_established"] != 6 || st["default_deny"] != 6 {
 		t.Errorf("stats: %v", st)
 	}
 }
