@@ -16,6 +16,8 @@ echo "== 1M flows round-robin over the 256k-entry flow table, NAT and DSR, each 
 go test -tags bpftest -run '^$' -bench 'BenchmarkXDPChurn$' -benchtime 2000000x ./lb/datapath/ | grep Benchmark
 echo "== the same NAT churn and single cached flow over flow tables of 4k, 16k, 64k and 256k entries"
 go test -tags bpftest -run '^$' -bench 'BenchmarkXDPChurnTableSize' -benchtime 1000000x ./lb/datapath/ | grep Benchmark
+echo "== lb_revnat (TCX egress of the uplink) on egress traffic that is no NAT reply, beside an empty TC program"
+go test -tags bpftest -run '^$' -bench 'BenchmarkRevNAT' -benchtime 15x ./lb/datapath/ | grep Benchmark
 echo "== control plane: one service with 100 backends (+ Maglev table), 100k services loaded"
 go test -tags bpftest -run '^$' -bench 'BenchmarkControlPlane' -benchtime 1000x ./lb/datapath/ | grep Benchmark
 

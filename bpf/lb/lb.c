@@ -975,27 +975,23 @@ int lb_xdp(struct xdp_md *ctx)
 	return lb_balance(ctx, &pkt);
 }
 
-/* lb_revnat runs on the uplink's egress: a reply of a NATed flow leaves
- * with the VIP as its source. Everything else is left alone. */
-SEC("tc")
-int lb_revnat(struct __sk_buff *skb)
+/* lb_revnat_pkt is lb_revnat after parsing: a reply of a NATed flow
+ * leaves with the VIP as its source. Like lb_balance it is inlined once
+ * for qbo_parse_plain4's frames (plain: family 4, flags QBO_PKT_PORTS,
+ * constant offsets) and once for the others. */
+static __always_inline int lb_revnat_pkt(struct __sk_buff *skb, struct qbo_pkt *pkt, const int plain)
 {
-	/* Make the headers we may rewrite linear. */
-	bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct qbo_pkt pkt;
-	if (qbo_parse(data, data_end, &pkt) != QBO_PARSE_OK)
-		return TC_ACT_OK;
-	if (!(pkt.flags & QBO_PKT_PORTS) || (pkt.flags & QBO_PKT_FRAG))
+	__u16 flags = plain ? QBO_PKT_PORTS : pkt->flags;
+	__u8 family = plain ? 4 : pkt->family;
+	if (!(flags & QBO_PKT_PORTS) || (flags & QBO_PKT_FRAG))
 		return TC_ACT_OK;
 	struct lb_flow_key k = {};
-	__builtin_memcpy(k.saddr, pkt.saddr, 16);
-	__builtin_memcpy(k.daddr, pkt.daddr, 16);
-	k.sport = pkt.sport;
-	k.dport = pkt.dport;
-	k.proto = pkt.proto;
-	k.family = pkt.family;
+	__builtin_memcpy(k.saddr, pkt->saddr, 16);
+	__builtin_memcpy(k.daddr, pkt->daddr, 16);
+	k.sport = pkt->sport;
+	k.dport = pkt->dport;
+	k.proto = pkt->proto;
+	k.family = family;
 	__u64 h = lb_reply_hash(&k);
 	struct lb_flow_set *s = lb_flow_set(h);
 	struct lb_rnat_val r;
@@ -1010,16 +1006,18 @@ int lb_revnat(struct __sk_buff *skb)
 			return TC_ACT_OK;
 		r = *sp;
 	}
-	__u32 l4 = pkt.l4_off;
-	__u32 csum_off = l4 + (pkt.proto == IPPROTO_TCP ? 16 : 6);
-	__u64 l4flags = pkt.proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
-	if (pkt.family == 4) {
-		__u32 l3 = pkt.l3_off;
+	/* The helpers below make what they write writable (and linear)
+	 * themselves. */
+	__u32 l4 = pkt->l4_off;
+	__u32 csum_off = l4 + (pkt->proto == IPPROTO_TCP ? 16 : 6);
+	__u64 l4flags = pkt->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	if (family == 4) {
+		__u32 l3 = pkt->l3_off;
 		bpf_l4_csum_replace(skb, csum_off, k.saddr[0], r.vip[0], l4flags | BPF_F_PSEUDO_HDR | 4);
 		bpf_l3_csum_replace(skb, l3 + 10, k.saddr[0], r.vip[0], 4);
 		bpf_skb_store_bytes(skb, l3 + 12, &r.vip[0], 4, 0);
 	} else {
-		__u32 l3 = pkt.l3_off;
+		__u32 l3 = pkt->l3_off;
 		int i;
 #pragma unroll
 		for (i = 0; i < 4; i++)
@@ -1033,6 +1031,31 @@ int lb_revnat(struct __sk_buff *skb)
 	if (v)
 		v->packets++;
 	return TC_ACT_OK;
+}
+
+/* lb_revnat runs on the uplink's egress, so every packet leaving it pays
+ * for it: a reply of a NATed flow leaves with the VIP as its source,
+ * everything else is left alone. Headers are read where they are; only a
+ * packet whose headers reach past the skb's linear part is pulled (a
+ * helper call the common packet does not pay) and parsed again. */
+SEC("tc")
+int lb_revnat(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct qbo_pkt pkt;
+	if (qbo_parse_plain4(data, data_end, &pkt))
+		return lb_revnat_pkt(skb, &pkt, 1);
+	int res = qbo_parse(data, data_end, &pkt);
+	if (res == QBO_PARSE_TRUNCATED && skb->len > (__u32)(data_end - data)) {
+		bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		res = qbo_parse(data, data_end, &pkt);
+	}
+	if (res != QBO_PARSE_OK)
+		return TC_ACT_OK;
+	return lb_revnat_pkt(skb, &pkt, 0);
 }
 
 /* lb_upgrade copies the flow and reverse-NAT tables of an older qbo

@@ -85,6 +85,42 @@ func TestRevNAT(t *testing.T) {
 	}
 }
 
+// TestRevNATGeneralCopy sends IPv4 replies that qbo_parse_plain4 does not
+// take (IP options, a VLAN tag) through lb_revnat: its general copy must
+// translate them as the plain copy does, with valid checksums.
+func TestRevNATGeneralCopy(t *testing.T) {
+	e := newEnv(t)
+	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
+	backend := ap("10.199.1.2:8080")
+	for i, c := range []struct {
+		name string
+		ihl  int
+		vlan bool
+	}{{"plain", 5, false}, {"ip options", 6, false}, {"vlan", 5, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			client := netip.AddrPortFrom(client4, uint16(6000+i))
+			e.t = t
+			e.run(pktSpec{src: client.Addr(), dst: vip4, sport: client.Port(), dport: 80, proto: 6}.bytes())
+			frame := pktSpec{src: backend.Addr(), dst: client.Addr(), sport: backend.Port(), dport: client.Port(), proto: 6,
+				ihl: c.ihl, vlan: c.vlan, payload: []byte("hi")}.bytes()
+			out := make([]byte, len(frame))
+			ret, err := e.obj.TC().Run(&ebpf.RunOptions{Data: frame, DataOut: out})
+			if err != nil || ret != 0 {
+				t.Fatalf("tc verdict %d: %v", ret, err)
+			}
+			if c.vlan { // check the frame as it would be without its tag
+				out = append(out[:12:12], out[16:]...)
+			}
+			checkSums4(t, out, 6)
+			ihl := int(out[14]&0xf) * 4
+			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte(out[26:30])), binary.BigEndian.Uint16(out[14+ihl:]))
+			if want := netip.AddrPortFrom(vip4, 80); src != want {
+				t.Fatalf("reply leaves from %v, want %v", src, want)
+			}
+		})
+	}
+}
+
 // TestRevNATReplacesLeastRecentlyUsed fills the one flow set with NAT
 // flows, lets a reply refresh the oldest (a reply uses its flow's entry),
 // and checks that a fifth flow replaces the least recently used one, whose
