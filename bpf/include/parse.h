@@ -349,6 +349,35 @@ static __always_inline int qbo_parse(void *data, void *data_end, struct qbo_pkt 
 	return QBO_PARSE_NOT_IP;
 }
 
+/* qbo_plain_ports is what the plain parsers share after the IP header,
+ * which ends at l4 == data + QBO_ETH_HLEN + hlen: TCP or UDP with its whole
+ * header. For such a frame it fills *pkt as qbo_parse does, except the
+ * addresses, and returns 1; otherwise it returns 0 and leaves *pkt alone. */
+static __always_inline int qbo_plain_ports(struct qbo_pkt *pkt, struct qbo_l4ports *l4, void *data_end,
+					   __u16 ethertype, __u8 family, __u16 hlen, __u8 proto, __u16 ip_len)
+{
+	if (proto == IPPROTO_TCP) {
+		if ((void *)l4 + 20 > data_end)
+			return 0;
+	} else if (proto == IPPROTO_UDP) {
+		if ((void *)l4 + 8 > data_end)
+			return 0;
+	} else {
+		return 0;
+	}
+	__builtin_memset(pkt, 0, __builtin_offsetof(struct qbo_pkt, inner));
+	pkt->l3_off = QBO_ETH_HLEN;
+	pkt->l4_off = QBO_ETH_HLEN + hlen;
+	pkt->ethertype = ethertype;
+	pkt->family = family;
+	pkt->proto = proto;
+	pkt->flags = QBO_PKT_PORTS;
+	pkt->ip_len = ip_len;
+	pkt->sport = l4->source;
+	pkt->dport = l4->dest;
+	return 1;
+}
+
 /* qbo_parse_plain4: see the API above. It is a second reading of the
  * checks qbo_parse makes for this one case, kept beside it on purpose:
  * what it buys is constant offsets in the caller, which qbo_parse's
@@ -364,29 +393,10 @@ static __always_inline int qbo_parse_plain4(void *data, void *data_end, struct q
 	__u16 tot = bpf_ntohs(ip->tot_len);
 	if (tot < QBO_IPV4_HLEN || (ip->frag_off & bpf_htons(QBO_IP_MF | QBO_IP_OFFMASK)))
 		return 0;
-	__u8 proto = ip->protocol;
-	struct qbo_l4ports *l4 = (void *)(ip + 1);
-	if (proto == IPPROTO_TCP) {
-		if ((void *)l4 + 20 > data_end)
-			return 0;
-	} else if (proto == IPPROTO_UDP) {
-		if ((void *)l4 + 8 > data_end)
-			return 0;
-	} else {
+	if (!qbo_plain_ports(pkt, (void *)(ip + 1), data_end, ETH_P_IP, 4, QBO_IPV4_HLEN, ip->protocol, tot))
 		return 0;
-	}
-	__builtin_memset(pkt, 0, __builtin_offsetof(struct qbo_pkt, inner));
-	pkt->l3_off = QBO_ETH_HLEN;
-	pkt->l4_off = QBO_ETH_HLEN + QBO_IPV4_HLEN;
-	pkt->ethertype = ETH_P_IP;
-	pkt->family = 4;
-	pkt->proto = proto;
-	pkt->flags = QBO_PKT_PORTS;
-	pkt->ip_len = tot;
 	__builtin_memcpy(&pkt->saddr[0], ip->saddr, 4);
 	__builtin_memcpy(&pkt->daddr[0], ip->daddr, 4);
-	pkt->sport = l4->source;
-	pkt->dport = l4->dest;
 	return 1;
 }
 
@@ -399,29 +409,11 @@ static __always_inline int qbo_parse_plain6(void *data, void *data_end, struct q
 		return 0;
 	if (eth[12] != 0x86 || eth[13] != 0xdd || (((__u8 *)ip6)[0] >> 4) != 6)
 		return 0;
-	__u8 proto = ip6->nexthdr;
-	struct qbo_l4ports *l4 = (void *)(ip6 + 1);
-	if (proto == IPPROTO_TCP) {
-		if ((void *)l4 + 20 > data_end)
-			return 0;
-	} else if (proto == IPPROTO_UDP) {
-		if ((void *)l4 + 8 > data_end)
-			return 0;
-	} else {
+	if (!qbo_plain_ports(pkt, (void *)(ip6 + 1), data_end, ETH_P_IPV6, 6, QBO_IPV6_HLEN, ip6->nexthdr,
+			     bpf_ntohs(ip6->payload_len) + QBO_IPV6_HLEN))
 		return 0;
-	}
-	__builtin_memset(pkt, 0, __builtin_offsetof(struct qbo_pkt, inner));
-	pkt->l3_off = QBO_ETH_HLEN;
-	pkt->l4_off = QBO_ETH_HLEN + QBO_IPV6_HLEN;
-	pkt->ethertype = ETH_P_IPV6;
-	pkt->family = 6;
-	pkt->proto = proto;
-	pkt->flags = QBO_PKT_PORTS;
-	pkt->ip_len = bpf_ntohs(ip6->payload_len) + QBO_IPV6_HLEN;
 	__builtin_memcpy(pkt->saddr, ip6->saddr, 16);
 	__builtin_memcpy(pkt->daddr, ip6->daddr, 16);
-	pkt->sport = l4->source;
-	pkt->dport = l4->dest;
 	return 1;
 }
 
