@@ -1069,20 +1069,28 @@ int lb_revnat(struct __sk_buff *skb)
  * attaching to pick up what the old lb_xdp added meanwhile. The spilled
  * replies of lb_rnat2's sets are marked in their lb_flows3 sets. Run
  * through BPF_PROG_TEST_RUN; ctx holds the counts. */
-static __always_inline void lb_adopt_flow(const struct lb_flow_ent *e, struct lb_upgrade_stats *st)
+/* lb_adopt_flow and lb_adopt_reply are global functions, checked once
+ * each: inlined four times into the callbacks below (one per way of an
+ * old set), they made the verifier explore more states than its budget
+ * of 1M instructions allows on kernel 6.18.44, since it checks a callback
+ * as a loop that runs any number of times. */
+__noinline int lb_adopt_flow(const struct lb_flow_ent *e, struct lb_upgrade_stats *st)
 {
+	if (!e || !st)
+		return 0;
 	struct lb_flow_key k = e->key;
 	__u64 h = lb_flow_hash(&k);
 	struct lb_flow_set *s = lb_flow_set(h);
 	if (!s)
-		return;
+		return 0;
 	if (lb_flow_find(s, &k, h)) {
 		st->present++;
-		return;
+		return 0;
 	}
 	st->flows++;
 	if (lb_flow_insert(s, &k, h, e->backend, e->service))
 		st->replaced++;
+	return 0;
 }
 
 static long lb_adopt_flow_set(void *map, const __u32 *i, struct lb_flow_set *old, struct lb_upgrade_stats *st)
@@ -1105,9 +1113,10 @@ static __always_inline void lb_mark_spilled(const struct lb_flow_key *r)
 		s->head.spilled = 1;
 }
 
-static long lb_adopt_reply(void *map, const struct lb_flow_key *rk, const struct lb_rnat_val *v,
-			   struct lb_upgrade_stats *st)
+__noinline int lb_adopt_reply(const struct lb_flow_key *rk, const struct lb_rnat_val *v, struct lb_upgrade_stats *st)
 {
+	if (!rk || !v || !st)
+		return 0;
 	struct lb_flow_key r = *rk;
 	struct lb_rnat_val val = *v, cur;
 	__u64 h = lb_reply_hash(&r);
@@ -1140,8 +1149,19 @@ static long lb_adopt_reply_set(void *map, const __u32 *i, struct lb_rnat_set *ol
 		__u32 tag = old->head.tag[w];
 		struct lb_rnat_ent e = old->way[w];
 		if (tag && old->head.check[w] == lb_rnat_check(tag, &e.val))
-			lb_adopt_reply(map, &e.key, &e.val, st);
+			lb_adopt_reply(&e.key, &e.val, st);
 	}
+	return 0;
+}
+
+static long lb_adopt_reply_elem(void *map, const struct lb_flow_key *rk, const struct lb_rnat_val *v,
+				struct lb_upgrade_stats *st)
+{
+	/* Copies: a global function's arguments are writable memory to the
+	 * verifier, and a map key is not. */
+	struct lb_flow_key r = *rk;
+	struct lb_rnat_val val = *v;
+	lb_adopt_reply(&r, &val, st);
 	return 0;
 }
 
@@ -1157,7 +1177,7 @@ int lb_upgrade(struct lb_upgrade_stats *ctx)
 	struct lb_upgrade_stats st = {};
 	bpf_for_each_map_elem(&lb_flows_old, lb_adopt_flow_set, &st, 0);
 	bpf_for_each_map_elem(&lb_rnat2_old, lb_adopt_reply_set, &st, 0);
-	bpf_for_each_map_elem(&lb_rnat_old, lb_adopt_reply, &st, 0);
+	bpf_for_each_map_elem(&lb_rnat_old, lb_adopt_reply_elem, &st, 0);
 	bpf_for_each_map_elem(&lb_rnat_spill, lb_mark_spill, 0, 0);
 	ctx->flows = st.flows;
 	ctx->replies = st.replies;
