@@ -202,6 +202,7 @@ enum lb_stat {
 	LB_ST_DROP_FLOW_FULL,
 	LB_ST_RNAT_SPILL, /* an evicted NAT flow in use: its reply moved to lb_rnat_spill */
 	LB_ST_RNAT_STALE, /* an evicted NAT flow no longer in use: its reply is dropped */
+	LB_ST_REVNAT_PULL, /* lb_revnat pulled headers past the skb's linear part */
 	LB_ST_MAX,
 };
 

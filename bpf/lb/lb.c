@@ -1049,6 +1049,7 @@ int lb_revnat(struct __sk_buff *skb)
 	int res = qbo_parse(data, data_end, &pkt);
 	if (res == QBO_PARSE_TRUNCATED && skb->len > (__u32)(data_end - data)) {
 		bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+		count(LB_ST_REVNAT_PULL);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 		res = qbo_parse(data, data_end, &pkt);

@@ -412,7 +412,7 @@ var StatNames = []string{
 	"pass_no_service", "new_flow", "est_flow", "drop_no_backend", "ipopts", "exthdrs",
 	"frag_first", "frag_later", "pass_frag_miss", "icmp_err", "pass_icmp_err_miss", "nat", "dsr",
 	"drop_dsr_fib", "drop_dsr_vlan", "drop_dsr_headroom", "drop_prefilter", "revnat", "drop_flow_full", "rnat_spill",
-	"rnat_stale",
+	"rnat_stale", "revnat_pull",
 }
 
 // Decap is lb_decap, for the TC ingress of a DSR backend host without an

@@ -17,11 +17,11 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"golang.org/x/sys/unix"
 
 	bpffw "github.com/qbo/qbo/bpf/fw"
 	"github.com/qbo/qbo/fw"
 	"github.com/qbo/qbo/fw/fwtest"
+	"github.com/qbo/qbo/internal/netnstest"
 )
 
 // Benchmarks (run by bench/fw.sh):
@@ -337,25 +337,9 @@ func cpLog(format string, args ...any) {
 func BenchmarkLoopbackPath(b *testing.B) {
 	e := newEnv(b)
 	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
-	ns := currentNetnsName(b)
 	send := func(b *testing.B) {
 		// A sub-benchmark runs on its own goroutine: enter the namespace.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer orig.Close()
-		target, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			b.Fatal(err)
-		}
-		defer unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET)
+		netnstest.Enter(b, e.ns)
 		conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
 			b.Fatal(err)
@@ -367,7 +351,6 @@ func BenchmarkLoopbackPath(b *testing.B) {
 			conn.WriteToUDP(msg, dst) // dropped: EPERM / ENOBUFS expected
 		}
 	}
-	sh(b, "ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
 	b.Run("none", send)
 	for _, n := range append([]int{0}, benchRuleCounts...) {
 		// qbo
@@ -397,9 +380,9 @@ func BenchmarkLoopbackPath(b *testing.B) {
 			}
 		}
 		ipt.WriteString("-A OUTPUT -o lo -p udp -j DROP\nCOMMIT\n")
-		restore(b, ns, ipt.String(), "iptables-restore")
+		restore(b, e.ns, ipt.String(), "iptables-restore")
 		b.Run(fmt.Sprintf("iptables/rules=%d", n), send)
-		restore(b, ns, "*filter\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "iptables-restore")
+		restore(b, e.ns, "*filter\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n", "iptables-restore")
 		// nftables: two sets, one lookup each.
 		var nft strings.Builder
 		nft.WriteString("table ip qbobench {\n set src { type ipv4_addr; flags interval; }\n set port { type inet_service; }\n")
@@ -418,9 +401,9 @@ func BenchmarkLoopbackPath(b *testing.B) {
 		if len(ports) > 0 {
 			fmt.Fprintf(&nft, "add element ip qbobench port { %s }\n", strings.Join(dedup(ports), ", "))
 		}
-		restore(b, ns, nft.String(), "nft", "-f", "-")
+		restore(b, e.ns, nft.String(), "nft", "-f", "-")
 		b.Run(fmt.Sprintf("nft-set/rules=%d", n), send)
-		restore(b, ns, "delete table ip qbobench\n", "nft", "-f", "-")
+		restore(b, e.ns, "delete table ip qbobench\n", "nft", "-f", "-")
 	}
 }
 
@@ -443,22 +426,4 @@ func restore(b *testing.B, ns, input string, cmd ...string) {
 	if out, err := c.CombinedOutput(); err != nil {
 		b.Fatalf("%s: %v\n%s", strings.Join(cmd, " "), err, out)
 	}
-}
-
-// currentNetnsName finds the name under /run/netns of the namespace the
-// calling thread is in (newEnv entered it).
-func currentNetnsName(b *testing.B) string {
-	self, err := os.Stat("/proc/thread-self/ns/net")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ents, _ := os.ReadDir("/run/netns")
-	for _, en := range ents {
-		st, err := os.Stat(filepath.Join("/run/netns", en.Name()))
-		if err == nil && os.SameFile(st, self) {
-			return en.Name()
-		}
-	}
-	b.Fatal("the test thread is not in a named namespace")
-	return ""
 }

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -23,12 +22,12 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
-	"golang.org/x/sys/unix"
 
 	bpffw "github.com/qbo/qbo/bpf/fw"
 	bpflb "github.com/qbo/qbo/bpf/lb"
 	"github.com/qbo/qbo/fw"
 	"github.com/qbo/qbo/fw/fwtest"
+	"github.com/qbo/qbo/internal/netnstest"
 )
 
 // The bpftest tier loads bpf/fw into the running kernel and drives its
@@ -92,9 +91,7 @@ func newEnv(t testing.TB, before ...func(dir string)) *env {
 	}
 	t.Cleanup(func() { events.Close() })
 
-	ns := "qbo-t-" + randHex()
-	sh(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
+	ns := netnstest.New(t)
 	// No dummy driver here: a veth pair gives two interfaces just as well.
 	sh(t, "ip", "-n", ns, "link", "add", "d0", "type", "veth", "peer", "name", "d1")
 	var links []struct {
@@ -108,7 +105,7 @@ func newEnv(t testing.TB, before ...func(dir string)) *env {
 	for _, l := range links {
 		e.ifidx[l.Name] = l.Ifindex
 	}
-	enterNetns(t, ns)
+	netnstest.Enter(t, ns)
 	return e
 }
 
@@ -119,32 +116,6 @@ func sh(t testing.TB, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-// enterNetns moves the calling goroutine's (locked) thread into ns until
-// the test ends.
-func enterNetns(t testing.TB, ns string) {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		t.Fatal(err)
-	}
-	target, err := os.Open("/run/netns/" + ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			t.Errorf("returning to the original netns: %v", err)
-			return // leave the thread locked: it is in the wrong netns
-		}
-		orig.Close()
-		runtime.UnlockOSThread()
-	})
 }
 
 func (e *env) resolve(name string) (int, error) {
@@ -1082,7 +1053,7 @@ func FuzzProgram(f *testing.F) {
 		// The fuzz function runs on another goroutine: enter the
 		// namespace for the ifindex to resolve to d0.
 		e.t = t
-		enterNetns(t, e.ns)
+		netnstest.Enter(t, e.ns)
 		before := e.statsSum()
 		got := e.run(fw.Ingress, "d0", frame)
 		if got != next && got != drop {

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qbo/qbo/internal/netnstest"
 	"github.com/qbo/qbo/mirror"
 )
 
@@ -40,7 +41,7 @@ func newFwLinks(t *testing.T, n int) []fwLink {
 	base := 10 + int(b[0])%200
 	var out []fwLink
 	for i := 0; i < n; i++ {
-		ns := newNetns(t)
+		ns := netnstest.New(t)
 		sfx := randomSuffix()[:6]
 		l := fwLink{NS: ns, Host: fmt.Sprintf("qbof%s%d", sfx, i),
 			HostAddr: fmt.Sprintf("10.198.%d.1", base+i), PeerAddr: fmt.Sprintf("10.198.%d.2", base+i)}
@@ -478,7 +479,7 @@ func TestPrefilterDropsDeniedSourcesOnTheUplink(t *testing.T) {
 	d.mustQbo("add", "service", "web6", "--vip", "[fd00:199:100::1]:80/tcp", "--backend", "[fd00:199:1::2]:8080")
 	const v4, v6 = "10.199.100.1:80", "[fd00:199:100::1]:80"
 	reach := func(addr string) bool {
-		return inNetns(n.client, func() error { _, err := httpGet(addr); return err }) == nil
+		return netnstest.Do(n.client, func() error { _, err := httpGet(addr); return err }) == nil
 	}
 	expect := func(stage string, want4, want6 bool) {
 		t.Helper()

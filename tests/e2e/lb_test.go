@@ -18,7 +18,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -26,7 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	bpflb "github.com/qbo/qbo/bpf/lb"
-
+	"github.com/qbo/qbo/internal/netnstest"
 	"github.com/qbo/qbo/mirror"
 )
 
@@ -59,7 +58,7 @@ func veth(t *testing.T, a, aName, b, bName string) {
 }
 
 func newLBNet(t *testing.T) *lbNet {
-	n := &lbNet{node: newNetns(t), client: newNetns(t)}
+	n := &lbNet{node: netnstest.New(t), client: netnstest.New(t)}
 	veth(t, n.node, "up0", n.client, "cl0")
 	run(t, "ip", "-n", n.node, "addr", "add", "10.199.0.1/24", "dev", "up0")
 	run(t, "ip", "-n", n.node, "addr", "add", "fd00:199::1/64", "dev", "up0", "nodad")
@@ -69,7 +68,7 @@ func newLBNet(t *testing.T) *lbNet {
 	run(t, "ip", "-n", n.client, "route", "add", "fd00:199:100::/64", "via", "fd00:199::1")
 	nsRun(t, n.node, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	for i := 1; i <= 3; i++ {
-		b := newNetns(t)
+		b := netnstest.New(t)
 		n.backends = append(n.backends, b)
 		bk := fmt.Sprintf("bk%d", i)
 		veth(t, n.node, bk, b, "eth0")
@@ -95,7 +94,7 @@ func newLBNet(t *testing.T) *lbNet {
 // client. It returns the remote namespace.
 func (n *lbNet) remote(t *testing.T) string {
 	t.Helper()
-	r := newNetns(t)
+	r := netnstest.New(t)
 	veth(t, n.client, "rm0", r, "eth0")
 	run(t, "ip", "-n", n.client, "addr", "add", "10.199.9.1/24", "dev", "rm0")
 	nsRun(t, n.client, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
@@ -109,7 +108,7 @@ func (n *lbNet) remote(t *testing.T) string {
 	// checksum; once XDP_TX turns them into frames, nothing completes it and
 	// the remote would drop them. A real NIC receives full checksums: give
 	// the client's veth software checksums, as a wire would.
-	if err := inNetns(n.client, func() error { return txChecksumOff("cl0") }); err != nil {
+	if err := netnstest.Do(n.client, func() error { return netnstest.SetFeature("cl0", unix.ETHTOOL_STXCSUM, false) }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -130,7 +129,7 @@ func (n *lbNet) remote(t *testing.T) string {
 	}
 	t.Cleanup(func() { pass.Close() })
 	attach := func(ns, ifname string, fn func(idx int) (link.Link, error)) {
-		err := inNetns(ns, func() error {
+		err := netnstest.Do(ns, func() error {
 			iface, err := net.InterfaceByName(ifname)
 			if err != nil {
 				return err
@@ -153,26 +152,6 @@ func (n *lbNet) remote(t *testing.T) string {
 		return link.AttachTCX(link.TCXOptions{Program: obj.Decap(), Interface: idx, Attach: ebpf.AttachTCXIngress})
 	})
 	return r
-}
-
-// txChecksumOff turns off TX checksum offload on ifname (ETHTOOL_STXCSUM;
-// the host has no ethtool binary).
-func txChecksumOff(ifname string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
-	value := struct{ cmd, data uint32 }{cmd: 0x17 /* ETHTOOL_STXCSUM */, data: 0}
-	var ifr [40]byte // struct ifreq: name, then a pointer to the ethtool command
-	copy(ifr[:unix.IFNAMSIZ-1], ifname)
-	*(*unsafe.Pointer)(unsafe.Pointer(&ifr[unix.IFNAMSIZ])) = unsafe.Pointer(&value)
-	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
-	runtime.KeepAlive(&value)
-	if errno != 0 {
-		return fmt.Errorf("ETHTOOL_STXCSUM %s: %w", ifname, errno)
-	}
-	return nil
 }
 
 // udpServer answers every datagram on port 5353 (IPv4 and IPv6) with the
@@ -219,7 +198,7 @@ func startBackend(t *testing.T, ns, name string, port int) {
 	// httpd is ready when it accepts a connection.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := inNetns(ns, func() error {
+		err := netnstest.Do(ns, func() error {
 			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
 			if err == nil {
 				c.Close()
@@ -234,27 +213,6 @@ func startBackend(t *testing.T, ns, name string, port int) {
 		}
 		time.Sleep(20 * time.Millisecond) // polling interval of the readiness check
 	}
-}
-
-// inNetns runs fn on a thread that entered the network namespace ns; the
-// thread is discarded afterwards (its goroutine ends locked).
-func inNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		f, err := os.Open("/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
 }
 
 // httpGet does one HTTP/1.0 request on a new connection and returns the
@@ -329,7 +287,7 @@ func TestLoadBalancer(t *testing.T) {
 
 	t.Run("weighted shares over 3000 connections", func(t *testing.T) {
 		counts := map[string]int{}
-		err := inNetns(n.client, func() error {
+		err := netnstest.Do(n.client, func() error {
 			for range 3000 {
 				name, err := httpGet("10.199.100.1:80")
 				if err != nil {
@@ -378,7 +336,7 @@ func TestLoadBalancer(t *testing.T) {
 		d.mustQbo("add", "service", "dns", "--vip", "10.199.100.1:53/udp",
 			"--backend", "10.199.1.2:5353", "--backend", "10.199.2.2:5353", "--backend", "10.199.3.2:5353")
 		w := d.watch("services")
-		err := inNetns(n.client, func() error {
+		err := netnstest.Do(n.client, func() error {
 			var conns []net.Conn
 			defer func() {
 				for _, c := range conns {
@@ -457,7 +415,7 @@ func TestLoadBalancer(t *testing.T) {
 			"--backend", "[fd00:199:1::2]:8080", "--backend", "[fd00:199:2::2]:8080", "--backend", "[fd00:199:3::2]:8080")
 		d.mustQbo("add", "service", "dns6", "--vip", "[fd00:199:100::1]:53/udp", "--backend", "[fd00:199:3::2]:5353")
 		seen := map[string]int{}
-		err := inNetns(n.client, func() error {
+		err := netnstest.Do(n.client, func() error {
 			for range 60 {
 				name, err := httpGet("[fd00:199:100::1]:80")
 				if err != nil {
@@ -490,7 +448,7 @@ func TestLoadBalancer(t *testing.T) {
 	t.Run("remote backend over IPIP answers the client directly", func(t *testing.T) {
 		r := n.remote(t)
 		d.mustQbo("add", "service", "far", "--vip", "10.199.100.3:80/tcp", "--backend", "10.199.9.2:80", "--mode", "dsr")
-		err := inNetns(n.client, func() error {
+		err := netnstest.Do(n.client, func() error {
 			for range 20 {
 				name, err := httpGet("10.199.100.3:80")
 				if err != nil {
@@ -536,6 +494,16 @@ print(d.decode(), a[0], a[1])`)
 		out = inCg("curl", "-sS", "--max-time", "3", "-g", "http://[fd00:199:100::1]/")
 		if name := strings.TrimSpace(out); name != "b1" && name != "b2" && name != "b3" {
 			t.Fatalf("node got %q from the IPv6 VIP", out)
+		}
+		// A connected socket's peer reads as the VIP, not the backend it was
+		// balanced to (getpeername4/6 hooks), in both families.
+		for _, vip := range []string{"10.199.100.1", "fd00:199:100::1"} {
+			out = inCg("python3", "-c", `import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=3)
+print(*s.getpeername()[:2])`, vip)
+			if f := strings.Fields(out); len(f) != 2 || f[0] != vip || f[1] != "80" {
+				t.Fatalf("getpeername of a socket connected to %s: %q", vip, out)
+			}
 		}
 	})
 
@@ -619,7 +587,7 @@ print(resp.decode().split("\r\n\r\n", 1)[1].strip(), flush=True)`)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			inNetns(n.client, func() error {
+			netnstest.Do(n.client, func() error {
 				for {
 					select {
 					case <-stop:

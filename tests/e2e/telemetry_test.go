@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qbo/qbo/internal/netnstest"
 	"github.com/qbo/qbo/mirror"
 )
 
@@ -162,21 +163,11 @@ type dropObj struct {
 	NetNS  uint32 `json:"netns"`
 }
 
-// newNetns creates a network namespace with loopback up, removed at clean-up.
-func newNetns(t *testing.T) string {
-	t.Helper()
-	ns := "qbo-e2e-" + randomSuffix()
-	run(t, "ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	run(t, "ip", "-n", ns, "link", "set", "lo", "up")
-	return ns
-}
-
 func TestDropInNamespaceAppearsInEvents(t *testing.T) {
 	d := newDaemon(t)
 	d.start()
 	w := d.watch("events")
-	ns := newNetns(t)
+	ns := netnstest.New(t)
 	port := 40000 + time.Now().Nanosecond()%20000
 	// A UDP datagram to a closed port is dropped with reason NO_SOCKET.
 	run(t, "ip", "netns", "exec", ns, "bash", "-c", fmt.Sprintf("echo qbo > /dev/udp/127.0.0.1/%d", port))
@@ -207,7 +198,7 @@ func TestLossIsAnnounced(t *testing.T) {
 	d.extra = []string{"--config", cfg}
 	d.start()
 	w := d.watch("events")
-	ns := newNetns(t)
+	ns := netnstest.New(t)
 	run(t, "ip", "netns", "exec", ns, "bash", "-c", "for i in $(seq 5000); do echo x > /dev/udp/127.0.0.1/9; done")
 	m := w.waitFor("a loss notice", 30*time.Second, func(m mirror.Message) bool {
 		return m.Type == mirror.TypeDelta && m.Op == mirror.OpLoss
