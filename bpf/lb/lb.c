@@ -1069,8 +1069,9 @@ int lb_revnat(struct __sk_buff *skb)
  * (lb_xdp wrote it, so it is the newer); the loader runs it again after
  * attaching to pick up what the old lb_xdp added meanwhile. The spilled
  * replies of lb_rnat2's sets are marked in their lb_flows3 sets. Run
- * through BPF_PROG_TEST_RUN; ctx holds the counts. */
-/* lb_adopt_flow and lb_adopt_reply are global functions, checked once
+ * through BPF_PROG_TEST_RUN; ctx holds the counts.
+ *
+ * lb_adopt_flow and lb_adopt_reply are global functions, checked once
  * each: inlined four times into the callbacks below (one per way of an
  * old set), they made the verifier explore more states than its budget
  * of 1M instructions allows on kernel 6.18.44, since it checks a callback
@@ -1114,22 +1115,21 @@ static __always_inline void lb_mark_spilled(const struct lb_flow_key *r)
 		s->head.spilled = 1;
 }
 
-__noinline int lb_adopt_reply(const struct lb_flow_key *rk, const struct lb_rnat_val *v, struct lb_upgrade_stats *st)
+__noinline int lb_adopt_reply(const struct lb_flow_key *r, const struct lb_rnat_val *v, struct lb_upgrade_stats *st)
 {
-	if (!rk || !v || !st)
+	if (!r || !v || !st)
 		return 0;
-	struct lb_flow_key r = *rk;
-	struct lb_rnat_val val = *v, cur;
-	__u64 h = lb_reply_hash(&r);
+	struct lb_rnat_val cur;
+	__u64 h = lb_reply_hash(r);
 	struct lb_flow_set *s = lb_flow_set(h);
 	if (!s)
 		return 0;
-	if (lb_reply_find(s, &r, h, &cur) || bpf_map_lookup_elem(&lb_rnat_spill, &r)) {
+	if (lb_reply_find(s, r, h, &cur) || bpf_map_lookup_elem(&lb_rnat_spill, r)) {
 		st->present++;
 		return 0;
 	}
 	st->replies++;
-	bpf_map_update_elem(&lb_rnat_spill, &r, &val, BPF_ANY);
+	bpf_map_update_elem(&lb_rnat_spill, r, v, BPF_ANY);
 	if (!s->head.spilled)
 		s->head.spilled = 1;
 	return 0;
