@@ -24,12 +24,11 @@ import (
 //
 // A tap device with IFF_NAPI_FRAGS (as a NIC driver that builds skbs from
 // pages) takes each reply with only its Ethernet header in the linear part
-// and the rest in a page fragment; with GRO off nothing pulls more, and the
-// IP receive path pulls the network header alone and the forwarded packet
+// and the rest in a page fragment. With GRO and early demux off, the IP
+// receive path pulls the network header alone, so the forwarded packet
 // reaches the TCX egress of a veth with its TCP or UDP header still in the
-// fragment (early demux off; see below). lb_revnat must pull and
-// translate it as it does a linear one; the same reply sent linear is the
-// control.
+// fragment. lb_revnat must pull and translate it as it does a linear one;
+// the same reply sent linear is the control.
 func TestRevNATNonLinearReply(t *testing.T) {
 	e := newEnv(t)
 	e.add(lb.Service{Name: "web", VIP: netip.AddrPortFrom(vip4, 80), Proto: lb.TCP, Backends: []lb.Backend{be("10.199.1.2:8080")}})
